@@ -1,0 +1,15 @@
+//! What the agent and the `airlock` CLI share on the client side of the wire.
+//!
+//! - [`tls`]: rustls client config (system roots + `AWS_CA_BUNDLE`).
+//! - [`api`]: SigV4-signed AWS JSON 1.1 calls (`AmazonSSM.*`, `TrentService.*`)
+//!   and plain signed POSTs (`/v1/control-channel/..`).
+//! - [`ws`]: websocket connect over TCP or TLS.
+//! - [`credentials`]: AWS credentials from the environment and `~/.aws`.
+//! - [`datachannel`]: the task that pumps a `proto::ReliableChannel` over a
+//!   websocket and survives reconnects.
+
+pub mod api;
+pub mod credentials;
+pub mod datachannel;
+pub mod tls;
+pub mod ws;
