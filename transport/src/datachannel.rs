@@ -2,12 +2,30 @@
 //! [`ReliableChannel`] over a websocket. It reads → `handle_bytes` →
 //! `poll_transmit` → writes, and waits on the first of (socket, deadline,
 //! command). No protocol decisions are made here.
+//!
+//! Bounds and backpressure:
+//! - commands: a bounded queue; a `send` is answered only once the reliable
+//!   channel has window for it, so callers wait while the window is full;
+//! - events: a bounded queue to the handle; when it is full the driver stops
+//!   polling events, the proto layer's undelivered queue fills and it
+//!   withholds acks, so the peer slows down;
+//! - writes: frames stay inside the reliable channel (bounded by its window)
+//!   until the socket is ready for them; reads never stop, so two drivers
+//!   writing at each other cannot deadlock.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use airlock_proto::reliable::{Config, Event};
-use airlock_proto::{PayloadType, ReliableChannel, Role};
+use airlock_proto::reliable::{Config, Event, SendError};
+use airlock_proto::{MessageType, PayloadType, ReliableChannel, Role};
 use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::ws::WsStream;
 
@@ -38,52 +56,638 @@ pub enum ChannelEvent {
     Disconnected(Disconnect),
 }
 
+/// Commands queued to the driver (bounded).
+const COMMAND_QUEUE: usize = 64;
+/// Events queued to the handle (bounded).
+const EVENT_QUEUE: usize = 256;
+/// Time allowed to write the open message on a new socket, and to close.
+const SOCKET_OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Reply = oneshot::Sender<Result<(), ChannelError>>;
+
+enum Command {
+    Send {
+        payload_type: PayloadType,
+        payload: Bytes,
+        reply: Reply,
+    },
+    SendUnsequenced {
+        message_type: MessageType,
+        payload: Bytes,
+        reply: Reply,
+    },
+    Reconnect {
+        ws: Box<WsStream>,
+        open: String,
+        reply: Reply,
+    },
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+    SetMaxPayload {
+        max_payload: usize,
+        reply: Reply,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
 /// Handle to the driver task. Dropping it stops the task.
 pub struct DataChannel {
-    _private: (),
+    sender: DataSender,
+    events: mpsc::Receiver<ChannelEvent>,
+    task: JoinHandle<()>,
+}
+
+/// A cloneable sending half, for a task that sends while another one owns
+/// the [`DataChannel`] and receives. A single task that both sends and
+/// receives in one `select!` loop can deadlock on bulk traffic both ways
+/// (its `send` waits for acks the peer withholds while it waits for us);
+/// give sending its own task through this handle. It stops working once
+/// the `DataChannel` is dropped.
+#[derive(Clone)]
+pub struct DataSender {
+    commands: mpsc::Sender<Command>,
+}
+
+impl DataSender {
+    async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ChannelError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| ChannelError::Closed)?;
+        rx.await.map_err(|_| ChannelError::Closed)
+    }
+
+    /// Queues a payload; waits while the send window is full (backpressure).
+    pub async fn send(
+        &self,
+        payload_type: PayloadType,
+        payload: Bytes,
+    ) -> Result<(), ChannelError> {
+        self.command(|reply| Command::Send {
+            payload_type,
+            payload,
+            reply,
+        })
+        .await?
+    }
+
+    /// Sends an unsequenced frame (e.g. `agent_session_state`).
+    pub async fn send_unsequenced(
+        &self,
+        message_type: MessageType,
+        payload: Bytes,
+    ) -> Result<(), ChannelError> {
+        self.command(|reply| Command::SendUnsequenced {
+            message_type,
+            payload,
+            reply,
+        })
+        .await?
+    }
+
+    /// Waits until everything sent has been acked, or `timeout` passes.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, self.command(|reply| Command::Flush { reply })).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Raises the receive payload limit (after fast-path negotiation).
+    pub async fn set_max_payload(&self, max_payload: usize) -> Result<(), ChannelError> {
+        self.command(|reply| Command::SetMaxPayload { max_payload, reply })
+            .await?
+    }
+}
+
+impl Drop for DataChannel {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl DataChannel {
     /// Sends `open_message` as the first text frame, then drives `channel`.
     pub fn spawn(ws: WsStream, open_message: String, role: Role, config: Config) -> Self {
-        todo!()
+        let now = tokio::time::Instant::now().into_std();
+        let epoch_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(1);
+        let channel = ReliableChannel::new(role, config, now, epoch_ms, random_seed());
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let driver = Driver {
+            channel,
+            ws: None,
+            dirty: false,
+            write_blocked: false,
+            pending_sends: VecDeque::new(),
+            flush_waiters: Vec::new(),
+            pending_disconnect: None,
+            events_blocked: false,
+            events: ev_tx,
+        };
+        let task = tokio::spawn(driver.run(ws, open_message, cmd_rx));
+        DataChannel {
+            sender: DataSender { commands: cmd_tx },
+            events: ev_rx,
+            task,
+        }
+    }
+
+    /// A cloneable sending half (see [`DataSender`]).
+    pub fn sender(&self) -> DataSender {
+        self.sender.clone()
     }
 
     /// Queues a payload; waits while the send window is full (backpressure).
-    pub async fn send(&self, payload_type: PayloadType, payload: Bytes) -> Result<(), ChannelError> {
-        todo!()
+    pub async fn send(
+        &self,
+        payload_type: PayloadType,
+        payload: Bytes,
+    ) -> Result<(), ChannelError> {
+        self.sender.send(payload_type, payload).await
     }
 
     /// Sends an unsequenced frame (e.g. `agent_session_state`).
-    pub async fn send_unsequenced(&self, message_type: airlock_proto::MessageType, payload: Bytes) -> Result<(), ChannelError> {
-        todo!()
+    pub async fn send_unsequenced(
+        &self,
+        message_type: airlock_proto::MessageType,
+        payload: Bytes,
+    ) -> Result<(), ChannelError> {
+        self.sender.send_unsequenced(message_type, payload).await
     }
 
     /// Next event; None once the driver has stopped.
     pub async fn recv(&mut self) -> Option<ChannelEvent> {
-        todo!()
+        self.events.recv().await
     }
 
     /// Replaces the socket after a drop; unacked frames are resent at once.
     pub async fn reconnect(&self, ws: WsStream, open_message: String) -> Result<(), ChannelError> {
-        todo!()
+        self.sender
+            .command(|reply| Command::Reconnect {
+                ws: Box::new(ws),
+                open: open_message,
+                reply,
+            })
+            .await?
     }
 
     /// Waits until everything sent has been acked, or `timeout` passes.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        todo!()
+        self.sender.flush(timeout).await
     }
 
     /// Raises the receive payload limit (after fast-path negotiation).
     pub async fn set_max_payload(&self, max_payload: usize) -> Result<(), ChannelError> {
-        todo!()
+        self.sender.set_max_payload(max_payload).await
     }
 
     /// Closes the websocket cleanly and stops the task.
     pub async fn close(self) {
-        todo!()
+        let _ = self.sender.command(|reply| Command::Close { reply }).await;
     }
 }
 
-#[allow(dead_code)]
-fn _assert_types(_: ReliableChannel) {}
+/// Message ids need uniqueness, not secrecy; fall back to the clock.
+fn random_seed() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut buf = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut buf).is_ok() {
+        return u64::from_le_bytes(buf);
+    }
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x5eed)
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// What the socket produced.
+enum IoEvent {
+    Message(Message),
+    Gone(Disconnect),
+}
+
+struct Driver {
+    channel: ReliableChannel,
+    /// None while disconnected: frames stay queued inside `channel` and its
+    /// timers are not run until a new socket arrives.
+    ws: Option<WsStream>,
+    /// Frames were handed to the socket since its last flush.
+    dirty: bool,
+    /// The socket is not taking more bytes; retransmission timers wait, so
+    /// they do not pile copies behind frames that have not left yet.
+    write_blocked: bool,
+    /// Sends waiting for window; each has a caller waiting on its reply, so
+    /// the queue is bounded by the number of concurrent callers.
+    pending_sends: VecDeque<(PayloadType, Bytes, Reply)>,
+    flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Delivered ahead of proto events so a full event queue cannot lose it.
+    pending_disconnect: Option<Disconnect>,
+    /// The event queue was full when last tried; wait for room.
+    events_blocked: bool,
+    events: mpsc::Sender<ChannelEvent>,
+}
+
+impl Driver {
+    async fn run(mut self, ws: WsStream, open: String, mut commands: mpsc::Receiver<Command>) {
+        self.attach(ws, open).await;
+        loop {
+            self.after_step();
+            let deadline = if self.ws.is_some() && !self.write_blocked {
+                self.channel.poll_timeout()
+            } else {
+                None
+            };
+            let sleep_at = deadline
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
+            let events_blocked = self.events_blocked;
+            let events = self.events.clone();
+            tokio::select! {
+                io = poll_fn(|cx| poll_io(cx, &mut self.ws, &mut self.channel, &mut self.dirty, &mut self.write_blocked)) => {
+                    match io {
+                        IoEvent::Message(m) => self.on_message(m),
+                        IoEvent::Gone(d) => self.disconnect(d),
+                    }
+                }
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    if self.on_command(cmd).await {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(sleep_at), if deadline.is_some() => {
+                    self.channel.handle_timeout(now());
+                }
+                permit = events.reserve(), if events_blocked => {
+                    let Ok(permit) = permit else { return };
+                    self.events_blocked = false;
+                    if let Some(d) = self.pending_disconnect.take() {
+                        permit.send(ChannelEvent::Disconnected(d));
+                    } else if let Some(ev) = self.channel.poll_event() {
+                        permit.send(ChannelEvent::Proto(ev));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Installs a socket: open message first, then everything unacked again.
+    async fn attach(&mut self, mut ws: WsStream, open: String) {
+        let sent = tokio::time::timeout(SOCKET_OP_TIMEOUT, ws.send(Message::text(open))).await;
+        match sent {
+            Ok(Ok(())) => {
+                self.ws = Some(ws);
+                self.dirty = false;
+                self.channel.handle_reconnect(now());
+            }
+            Ok(Err(e)) => self.disconnect(Disconnect::Lost(e.to_string())),
+            Err(_) => self.disconnect(Disconnect::Lost(
+                "timed out sending the open message".to_string(),
+            )),
+        }
+    }
+
+    fn disconnect(&mut self, why: Disconnect) {
+        tracing::debug!(reason = ?why, "data channel socket gone");
+        self.ws = None;
+        self.dirty = false;
+        self.write_blocked = false;
+        self.pending_disconnect = Some(why);
+    }
+
+    fn on_message(&mut self, msg: Message) {
+        match msg {
+            Message::Binary(buf) => {
+                if let Err(e) = self.channel.handle_bytes(buf, now()) {
+                    // Hostile-input rule: one bad frame is skipped, never fatal.
+                    tracing::debug!(error = %e, "skipping undecodable data-channel frame");
+                }
+            }
+            // tungstenite queues the pong itself; make sure it gets flushed.
+            Message::Ping(_) => self.dirty = true,
+            Message::Close(frame) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                self.disconnect(Disconnect::Closed(code, reason));
+            }
+            Message::Text(_) => tracing::debug!("ignoring text frame on the data channel"),
+            Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+
+    /// Returns true when the driver must stop.
+    async fn on_command(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Send {
+                payload_type,
+                payload,
+                reply,
+            } => {
+                self.pending_sends.push_back((payload_type, payload, reply));
+            }
+            Command::SendUnsequenced {
+                message_type,
+                payload,
+                reply,
+            } => {
+                let r = self
+                    .channel
+                    .send_unsequenced(message_type, payload)
+                    .map_err(send_error);
+                let _ = reply.send(r);
+            }
+            Command::Reconnect { ws, open, reply } => {
+                self.pending_disconnect = None;
+                self.attach(*ws, open).await;
+                let r = match &self.pending_disconnect {
+                    None => Ok(()),
+                    Some(d) => Err(ChannelError::Ws(format!("{d:?}"))),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Flush { reply } => self.flush_waiters.push(reply),
+            Command::SetMaxPayload { max_payload, reply } => {
+                self.channel.set_max_payload(max_payload);
+                let _ = reply.send(Ok(()));
+            }
+            Command::Close { reply } => {
+                self.shutdown().await;
+                let _ = reply.send(());
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Writes what is queued, then a close frame, within a deadline.
+    async fn shutdown(&mut self) {
+        let Some(mut ws) = self.ws.take() else { return };
+        let channel = &mut self.channel;
+        let mut dirty = self.dirty;
+        let mut blocked = false;
+        let drain = async {
+            poll_fn(
+                |cx| match poll_write(cx, &mut ws, channel, &mut dirty, &mut blocked) {
+                    Poll::Ready(r) => Poll::Ready(r),
+                    Poll::Pending if !dirty => Poll::Ready(Ok(())),
+                    Poll::Pending => Poll::Pending,
+                },
+            )
+            .await?;
+            ws.close(None).await
+        };
+        if let Ok(Err(e)) = tokio::time::timeout(SOCKET_OP_TIMEOUT, drain).await {
+            tracing::debug!(error = %e, "data channel close");
+        }
+    }
+
+    /// Runs after every step: admits held sends, delivers events, answers
+    /// flush waiters.
+    fn after_step(&mut self) {
+        let now = now();
+        while self.channel.send_capacity() > 0 {
+            let Some((payload_type, payload, reply)) = self.pending_sends.pop_front() else {
+                break;
+            };
+            let r = self
+                .channel
+                .send(payload_type, payload, now)
+                .map_err(send_error);
+            let _ = reply.send(r);
+        }
+        self.pending_sends
+            .retain(|(_, _, reply)| !reply.is_closed());
+
+        if !self.events_blocked {
+            loop {
+                let permit = match self.events.try_reserve() {
+                    Ok(p) => p,
+                    Err(mpsc::error::TrySendError::Full(())) => {
+                        self.events_blocked = true;
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => break,
+                };
+                if let Some(d) = self.pending_disconnect.take() {
+                    permit.send(ChannelEvent::Disconnected(d));
+                } else if let Some(ev) = self.channel.poll_event() {
+                    permit.send(ChannelEvent::Proto(ev));
+                } else {
+                    break;
+                }
+            }
+        }
+
+        if !self.flush_waiters.is_empty()
+            && self.pending_sends.is_empty()
+            && self.channel.is_flushed()
+        {
+            for w in self.flush_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+        self.flush_waiters.retain(|w| !w.is_closed());
+    }
+}
+
+fn send_error(e: SendError) -> ChannelError {
+    ChannelError::Proto(e.to_string())
+}
+
+/// Moves frames from the channel into the socket while it accepts them,
+/// then flushes. Ready(Ok) never happens while there is work: Pending means
+/// "waiting for the socket" or "nothing to do".
+fn poll_write(
+    cx: &mut Context<'_>,
+    ws: &mut WsStream,
+    channel: &mut ReliableChannel,
+    dirty: &mut bool,
+    blocked: &mut bool,
+) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
+    *blocked = true;
+    loop {
+        match Pin::new(&mut *ws).poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        let Some(frame) = channel.poll_transmit() else {
+            break;
+        };
+        Pin::new(&mut *ws).start_send(Message::Binary(frame))?;
+        *dirty = true;
+    }
+    if *dirty {
+        match Pin::new(&mut *ws).poll_flush(cx) {
+            Poll::Ready(Ok(())) => *dirty = false,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    *blocked = false;
+    Poll::Pending
+}
+
+/// Progresses writes, then returns the next read (or the socket's end).
+fn poll_io(
+    cx: &mut Context<'_>,
+    ws: &mut Option<WsStream>,
+    channel: &mut ReliableChannel,
+    dirty: &mut bool,
+    blocked: &mut bool,
+) -> Poll<IoEvent> {
+    let Some(sock) = ws.as_mut() else {
+        return Poll::Pending;
+    };
+    if let Poll::Ready(Err(e)) = poll_write(cx, sock, channel, dirty, blocked) {
+        return Poll::Ready(IoEvent::Gone(Disconnect::Lost(e.to_string())));
+    }
+    match Pin::new(sock).poll_next(cx) {
+        Poll::Ready(Some(Ok(m))) => Poll::Ready(IoEvent::Message(m)),
+        Poll::Ready(Some(Err(e))) => Poll::Ready(IoEvent::Gone(Disconnect::Lost(e.to_string()))),
+        Poll::Ready(None) => Poll::Ready(IoEvent::Gone(Disconnect::Lost(
+            "connection closed".to_string(),
+        ))),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_proto::Frame;
+    use futures_util::StreamExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// A driver connected to a raw server-side websocket the test controls.
+    async fn pair() -> (DataChannel, WebSocketStream<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "ws://{}/v1/data-channel/s?role=publish_subscribe",
+            listener.local_addr().unwrap()
+        );
+        let accept = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio_tungstenite::accept_async(s).await.unwrap()
+        });
+        let ws = crate::ws::connect(&url, crate::tls::client_config(None).unwrap())
+            .await
+            .unwrap();
+        let ch = DataChannel::spawn(ws, "OPEN".into(), Role::Agent, Config::default());
+        let mut peer = accept.await.unwrap();
+        let first = peer.next().await.unwrap().unwrap();
+        assert_eq!(first, Message::text("OPEN"));
+        (ch, peer)
+    }
+
+    fn data_frame(seq: i64, payload: &'static [u8]) -> Bytes {
+        Frame::new(
+            MessageType::InputStreamData,
+            seq,
+            0,
+            uuid::Uuid::from_u128(seq as u128 + 1),
+            PayloadType::Output,
+            Bytes::from_static(payload),
+            1_700_000_000_000,
+        )
+        .encode()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn garbage_frame_is_skipped_then_data_flows_and_is_acked() {
+        let (mut ch, mut peer) = pair().await;
+        peer.send(Message::Binary(Bytes::from_static(
+            b"definitely not a frame",
+        )))
+        .await
+        .unwrap();
+        peer.send(Message::Binary(data_frame(0, b"hello")))
+            .await
+            .unwrap();
+        match ch.recv().await.unwrap() {
+            ChannelEvent::Proto(Event::Data { payload, .. }) => assert_eq!(&payload[..], b"hello"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // The driver acked it.
+        let ack = peer.next().await.unwrap().unwrap();
+        let frame = Frame::decode(ack.into_data(), airlock_proto::frame::MAX_PAYLOAD_LEN).unwrap();
+        assert_eq!(frame.message_type, MessageType::Acknowledge);
+    }
+
+    #[tokio::test]
+    async fn ping_is_answered_and_unsequenced_goes_out() {
+        let (ch, mut peer) = pair().await;
+        peer.send(Message::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
+        let pong = peer.next().await.unwrap().unwrap();
+        assert_eq!(pong, Message::Pong(Bytes::from_static(b"p")));
+        ch.send_unsequenced(MessageType::AgentSessionState, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let m = peer.next().await.unwrap().unwrap();
+        let frame = Frame::decode(m.into_data(), 1024).unwrap();
+        assert_eq!(frame.message_type, MessageType::AgentSessionState);
+    }
+
+    #[tokio::test]
+    async fn peer_close_is_reported_and_sends_buffer() {
+        let (mut ch, mut peer) = pair().await;
+        peer.close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+        match ch.recv().await.unwrap() {
+            ChannelEvent::Disconnected(Disconnect::Closed(1000, reason)) => {
+                assert_eq!(reason, "bye")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Still accepted while disconnected; not flushed since nobody acks.
+        ch.send(PayloadType::Output, Bytes::from_static(b"queued"))
+            .await
+            .unwrap();
+        assert!(!ch.flush(Duration::from_millis(50)).await);
+        ch.close().await;
+    }
+
+    #[tokio::test]
+    async fn dropping_the_handle_stops_the_driver() {
+        let (ch, mut peer) = pair().await;
+        let sender = ch.sender();
+        drop(ch);
+        assert!(matches!(
+            sender
+                .send(PayloadType::Output, Bytes::from_static(b"x"))
+                .await,
+            Err(ChannelError::Closed)
+        ));
+        // The socket goes away with the task.
+        let end = tokio::time::timeout(Duration::from_secs(5), peer.next())
+            .await
+            .unwrap();
+        assert!(!matches!(end, Some(Ok(Message::Binary(_)))));
+    }
+}

@@ -1,8 +1,11 @@
 //! Websocket connect (ws:// or wss://).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Either a plain or a TLS stream, so one websocket type serves both.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -18,8 +21,261 @@ pub enum WsError {
     Connect { url: String, reason: String },
 }
 
+/// Largest websocket message (and frame) accepted from the peer. A data
+/// channel frame is at most 120 bytes of header plus a 1 MiB payload.
+pub const MAX_MESSAGE_SIZE: usize = 2 << 20;
+
+/// Time allowed for TCP connect + TLS + upgrade.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The websocket limits every Airlock client socket uses.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_SIZE))
+        .max_frame_size(Some(MAX_MESSAGE_SIZE))
+}
+
+/// Where to dial, split out of a URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub tls: bool,
+    /// Host as written in the URL (IPv6 keeps its brackets).
+    pub host: String,
+    pub port: u16,
+    pub default_port: bool,
+}
+
+impl Target {
+    /// Parses `scheme://host[:port]...`; `secure`/`plain` name the two
+    /// accepted schemes and their default ports.
+    pub(crate) fn parse(
+        uri: &http::Uri,
+        secure: (&str, u16),
+        plain: (&str, u16),
+    ) -> Option<Target> {
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let (tls, default) = if scheme == secure.0 {
+            (true, secure.1)
+        } else if scheme == plain.0 {
+            (false, plain.1)
+        } else {
+            return None;
+        };
+        let host = uri.host()?.to_string();
+        if host.is_empty() {
+            return None;
+        }
+        let port = uri.port_u16().unwrap_or(default);
+        Some(Target {
+            tls,
+            host,
+            port,
+            default_port: port == default,
+        })
+    }
+
+    /// Host without IPv6 brackets, for DNS/TCP and TLS server names.
+    pub(crate) fn bare_host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// `Host` header value: host, plus `:port` when it is not the default.
+    pub(crate) fn host_header(&self) -> String {
+        if self.default_port {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Opens TCP, then TLS if the scheme asks for it.
+    pub(crate) async fn dial(
+        &self,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Box<dyn Io>, String> {
+        let tcp = TcpStream::connect((self.bare_host(), self.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        if !self.tls {
+            return Ok(Box::new(tcp));
+        }
+        let name = rustls::pki_types::ServerName::try_from(self.bare_host().to_string())
+            .map_err(|e| format!("invalid server name: {e}"))?;
+        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new(stream))
+    }
+}
+
 /// Connects to `url` (`ws://` or `wss://`), completing the upgrade. The max
 /// message size is bounded (peer bytes are hostile).
 pub async fn connect(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<WsStream, WsError> {
-    todo!()
+    let uri: http::Uri = url.parse().map_err(|_| WsError::BadUrl(url.to_string()))?;
+    let target = Target::parse(&uri, ("wss", 443), ("ws", 80))
+        .ok_or_else(|| WsError::BadUrl(url.to_string()))?;
+    let fail = |reason: String| WsError::Connect {
+        url: redact_query(url),
+        reason,
+    };
+    let fut = async {
+        let io = target.dial(&tls).await.map_err(fail)?;
+        let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, io, Some(ws_config()))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(ws)
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(fail("timed out".to_string())),
+    }
+}
+
+/// URLs may carry presigned credentials in the query; errors show only the path.
+fn redact_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        let u: http::Uri = "wss://example.com/v1/x?y=1".parse().unwrap();
+        let t = Target::parse(&u, ("wss", 443), ("ws", 80)).unwrap();
+        assert_eq!(
+            t,
+            Target {
+                tls: true,
+                host: "example.com".into(),
+                port: 443,
+                default_port: true
+            }
+        );
+        assert_eq!(t.host_header(), "example.com");
+
+        let u: http::Uri = "ws://127.0.0.1:8080/".parse().unwrap();
+        let t = Target::parse(&u, ("wss", 443), ("ws", 80)).unwrap();
+        assert!(!t.tls);
+        assert_eq!(t.host_header(), "127.0.0.1:8080");
+
+        let u: http::Uri = "ws://[::1]:9/".parse().unwrap();
+        let t = Target::parse(&u, ("wss", 443), ("ws", 80)).unwrap();
+        assert_eq!(t.bare_host(), "::1");
+        assert_eq!(t.host_header(), "[::1]:9");
+
+        let u: http::Uri = "ftp://x/".parse().unwrap();
+        assert!(Target::parse(&u, ("wss", 443), ("ws", 80)).is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_url_is_rejected() {
+        let tls = crate::tls::client_config(None).unwrap();
+        assert!(matches!(
+            connect("http://x/", tls.clone()).await,
+            Err(WsError::BadUrl(_))
+        ));
+        assert!(matches!(
+            connect("not a url", tls).await,
+            Err(WsError::BadUrl(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn connects_to_loopback_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+            use futures_util::{SinkExt, StreamExt};
+            let m = ws.next().await.unwrap().unwrap();
+            ws.send(m).await.unwrap();
+        });
+        let tls = crate::tls::client_config(None).unwrap();
+        let mut ws = connect(
+            &format!("ws://{addr}/v1/data-channel/s?role=publish_subscribe"),
+            tls,
+        )
+        .await
+        .unwrap();
+        use futures_util::{SinkExt, StreamExt};
+        ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+            .await
+            .unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), "hi");
+        server.await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// wss:// against a self-signed certificate trusted through a CA bundle
+    /// file, the way `AWS_CA_BUNDLE` is used with the gateway.
+    #[tokio::test]
+    async fn wss_with_ca_bundle() {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let pem_path =
+            std::env::temp_dir().join(format!("airlock-ws-ca-{}.pem", std::process::id()));
+        std::fs::write(&pem_path, ck.cert.pem()).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let srv = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(s).await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tls).await.unwrap();
+            let m = ws.next().await.unwrap().unwrap();
+            ws.send(m).await.unwrap();
+        });
+        let cfg = crate::tls::client_config(Some(&pem_path)).unwrap();
+        let _ = std::fs::remove_file(&pem_path);
+        let mut ws = connect(
+            &format!("wss://{addr}/v1/control-channel/mi-1?role=subscribe&stream=input"),
+            cfg,
+        )
+        .await
+        .unwrap();
+        ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::binary(vec![1u8, 2, 3])
+        );
+        srv.await.unwrap();
+
+        // Without the bundle the same certificate is refused.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = listener.accept().await;
+        });
+        let err = connect(
+            &format!("wss://{addr}/"),
+            crate::tls::client_config(None).unwrap(),
+        )
+        .await;
+        assert!(matches!(err, Err(WsError::Connect { .. })));
+    }
 }

@@ -1,0 +1,476 @@
+//! One shell session: data channel, handshake, pty pump, exit code, teardown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_proto::handshake::{
+    capability, Capabilities, HandshakeComplete, HandshakeRequest, HandshakeResponse,
+    RequestedClientAction, ACTION_AIRLOCK_CAPABILITIES, ACTION_SESSION_TYPE,
+};
+use airlock_proto::messages::{
+    format_exit_code, AgentSessionState, OpenDataChannel, SessionState, StartSessionTask,
+    TerminalSize,
+};
+use airlock_proto::reliable::{Config, Event};
+use airlock_proto::{MessageType, PayloadType, Role};
+use airlock_transport::datachannel::{ChannelEvent, DataChannel};
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::agent::Agent;
+use crate::pty::{Pty, ShellSpec};
+use crate::sysinfo;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the shell exits, how long to keep draining output still in the pty
+/// (background jobs may hold it open forever).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(1500);
+const RECONNECT_ATTEMPTS: u32 = 5;
+/// Input bytes kept from before the handshake completes.
+const MAX_EARLY_INPUT: usize = 64 * 1024;
+const MAX_PAYLOAD: usize = airlock_proto::frame::STOCK_PAYLOAD_SIZE;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    Cancelled,
+}
+
+struct Link<'a> {
+    agent: &'a Agent,
+    session_id: &'a str,
+}
+
+impl Link<'_> {
+    fn path(&self) -> String {
+        format!("/v1/data-channel/{}", self.session_id)
+    }
+
+    async fn open(&self) -> Result<(airlock_transport::ws::WsStream, String)> {
+        let token = self
+            .agent
+            .channel_token(&self.path(), Some(String::new()))
+            .await?;
+        let url = format!(
+            "{}{}?role=publish_subscribe",
+            self.agent.ws_base,
+            self.path()
+        );
+        let ws = airlock_transport::ws::connect(&url, self.agent.tls.clone()).await?;
+        let open = OpenDataChannel {
+            message_schema_version: "1.0".into(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            token_value: token,
+            client_instance_id: Some(self.agent.reg.instance_id.clone()),
+            client_id: String::new(),
+            client_version: None,
+        };
+        Ok((ws, serde_json::to_string(&open)?))
+    }
+
+    /// Fresh token + socket after a drop: a few attempts with short backoff.
+    async fn reconnect(&self, dc: &DataChannel) -> Result<()> {
+        let mut delay = Duration::from_millis(150);
+        let mut last = None;
+        for attempt in 1..=RECONNECT_ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            match self.open().await {
+                Ok((ws, open)) => {
+                    dc.reconnect(ws, open)
+                        .await
+                        .context("data channel reconnect")?;
+                    info!(attempt, "data channel reconnected");
+                    return Ok(());
+                }
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    if text.contains("Session is already terminated") {
+                        bail!("{text}");
+                    }
+                    debug!(attempt, error = %text, "data channel reconnect failed");
+                    last = Some(e);
+                }
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("reconnect failed")))
+    }
+}
+
+fn is_channel_closed(frame: &airlock_proto::Frame) -> bool {
+    frame.message_type == MessageType::ChannelClosed
+}
+
+pub async fn run(
+    agent: Arc<Agent>,
+    task: StartSessionTask,
+    cancel: CancellationToken,
+) -> Result<Outcome> {
+    let sid = task.session_id.clone();
+    let link = Link {
+        agent: &agent,
+        session_id: &sid,
+    };
+    let (ws, open) = tokio::select! {
+        r = link.open() => r?,
+        _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
+    };
+    let mut dc = DataChannel::spawn(ws, open, Role::Agent, Config::default());
+
+    let connected = AgentSessionState {
+        schema_version: 1,
+        session_state: SessionState::Connected,
+        session_id: sid.clone(),
+    };
+    dc.send_unsequenced(
+        MessageType::AgentSessionState,
+        Bytes::from(serde_json::to_vec(&connected)?),
+    )
+    .await?;
+
+    // Handshake.
+    let started = Instant::now();
+    let request = HandshakeRequest {
+        agent_version: sysinfo::agent_version(),
+        requested_client_actions: vec![
+            RequestedClientAction {
+                action_type: ACTION_SESSION_TYPE.into(),
+                action_parameters: serde_json::json!({"SessionType": "Standard_Stream", "Properties": null}),
+            },
+            RequestedClientAction {
+                action_type: ACTION_AIRLOCK_CAPABILITIES.into(),
+                action_parameters: serde_json::to_value(Capabilities {
+                    features: vec![capability::EXIT_CODE.into()],
+                    max_payload: MAX_PAYLOAD,
+                })?,
+            },
+        ],
+    };
+    dc.send(
+        PayloadType::HandshakeRequest,
+        Bytes::from(serde_json::to_vec(&request)?),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut exit_code_ok = false;
+    let mut early_input: Vec<Bytes> = Vec::new();
+    let mut early_len = 0usize;
+    let mut early_size: Option<TerminalSize> = None;
+    loop {
+        let ev = tokio::select! {
+            ev = dc.recv() => ev,
+            _ = cancel.cancelled() => { dc.close().await; return Ok(Outcome::Cancelled) }
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!("no handshake response within {HANDSHAKE_TIMEOUT:?}; continuing without capabilities");
+                break;
+            }
+        };
+        match ev {
+            None => bail!("data channel stopped during handshake"),
+            Some(ChannelEvent::Proto(Event::Data {
+                payload_type: PayloadType::HandshakeResponse,
+                payload,
+            })) => match serde_json::from_slice::<HandshakeResponse>(&payload) {
+                Ok(resp) => {
+                    exit_code_ok = accepts_exit_code(&resp);
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, "malformed handshake response");
+                    break;
+                }
+            },
+            // Clients that type before the handshake (piped stdin) get their
+            // input replayed into the shell once it starts, up to a bound;
+            // beyond it, early input is discarded.
+            Some(ChannelEvent::Proto(Event::Data {
+                payload_type: PayloadType::Output,
+                payload,
+            })) => {
+                if early_len + payload.len() <= MAX_EARLY_INPUT {
+                    early_len += payload.len();
+                    early_input.push(payload);
+                } else {
+                    debug!("discarding input received before the handshake");
+                }
+            }
+            Some(ChannelEvent::Proto(Event::Data {
+                payload_type: PayloadType::Size,
+                payload,
+            })) => {
+                early_size = serde_json::from_slice::<TerminalSize>(&payload).ok();
+            }
+            Some(ChannelEvent::Proto(Event::Data { .. })) => {}
+            Some(ChannelEvent::Proto(Event::Control(frame))) => {
+                if is_channel_closed(&frame) {
+                    dc.close().await;
+                    return Ok(Outcome::Cancelled);
+                }
+            }
+            Some(ChannelEvent::Disconnected(why)) => {
+                debug!(?why, "data channel dropped during handshake");
+                link.reconnect(&dc).await?;
+            }
+        }
+    }
+    let complete = HandshakeComplete {
+        handshake_time_to_complete: i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX),
+        customer_message: String::new(),
+    };
+    dc.send(
+        PayloadType::HandshakeComplete,
+        Bytes::from(serde_json::to_vec(&complete)?),
+    )
+    .await?;
+    debug!(exit_code_ok, "handshake complete");
+
+    let spec = shell_spec(&agent, &task)?;
+    let mut pty = Pty::spawn(&spec)?;
+    if let Some(size) = early_size {
+        pty.resize(clamp_dim(size.cols), clamp_dim(size.rows));
+    }
+    for chunk in early_input {
+        pty.write(chunk).await;
+    }
+    let mut exit_rx = pty.take_exit().context("exit receiver")?;
+    let mut exit_code: Option<i32> = None;
+    let mut output_done = false;
+    let drain = tokio::time::sleep(Duration::from_secs(u32::MAX as u64));
+    tokio::pin!(drain);
+
+    loop {
+        if exit_code.is_some() && output_done {
+            break;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                pty.kill();
+                dc.close().await;
+                return Ok(Outcome::Cancelled);
+            }
+            chunk = pty.output.recv(), if !output_done => match chunk {
+                Some(chunk) => dc.send(PayloadType::Output, chunk).await?,
+                None => output_done = true,
+            },
+            code = &mut exit_rx, if exit_code.is_none() => {
+                exit_code = Some(code.unwrap_or(1));
+                drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            }
+            _ = &mut drain, if exit_code.is_some() => break,
+            ev = dc.recv() => match ev {
+                None => {
+                    pty.kill();
+                    bail!("data channel stopped");
+                }
+                Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
+                    PayloadType::Output if exit_code.is_none() => {
+                        let open = pty.write(payload).await;
+                        if !open {
+                            debug!("pty input closed");
+                        }
+                    }
+                    PayloadType::Size => {
+                        if let Ok(size) = serde_json::from_slice::<TerminalSize>(&payload) {
+                            pty.resize(clamp_dim(size.cols), clamp_dim(size.rows));
+                        }
+                    }
+                    _ => {}
+                },
+                Some(ChannelEvent::Proto(Event::Control(frame))) => {
+                    if is_channel_closed(&frame) {
+                        pty.kill();
+                        dc.close().await;
+                        return Ok(Outcome::Cancelled);
+                    }
+                }
+                Some(ChannelEvent::Disconnected(why)) => {
+                    debug!(?why, "data channel dropped");
+                    if let Err(e) = link.reconnect(&dc).await {
+                        pty.kill();
+                        return Err(e);
+                    }
+                }
+            },
+        }
+    }
+
+    let code = exit_code.unwrap_or(1);
+    if exit_code_ok {
+        dc.send(PayloadType::ExitCode, Bytes::from(format_exit_code(code)))
+            .await?;
+    }
+    if !dc.flush(FLUSH_TIMEOUT).await {
+        debug!("not every frame was acked before terminating");
+    }
+    let terminating = AgentSessionState {
+        schema_version: 1,
+        session_state: SessionState::Terminating,
+        session_id: sid.clone(),
+    };
+    dc.send_unsequenced(
+        MessageType::AgentSessionState,
+        Bytes::from(serde_json::to_vec(&terminating)?),
+    )
+    .await?;
+    // Give the driver a moment to write it, or for the gateway's close.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(ev) = dc.recv().await {
+            if let ChannelEvent::Disconnected(_) = ev {
+                break;
+            }
+            if let ChannelEvent::Proto(Event::Control(f)) = &ev {
+                if is_channel_closed(f) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    dc.close().await;
+    Ok(Outcome::Exited(code))
+}
+
+fn clamp_dim(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
+}
+
+/// True when the client answered the capability action with status 1 and
+/// listed `exit_code` among the accepted features.
+pub fn accepts_exit_code(resp: &HandshakeResponse) -> bool {
+    resp.processed_client_actions.iter().any(|a| {
+        a.action_type == ACTION_AIRLOCK_CAPABILITIES
+            && a.action_status == 1
+            && serde_json::from_value::<Capabilities>(a.action_result.clone())
+                .map(|c| c.features.iter().any(|f| f == capability::EXIT_CODE))
+                .unwrap_or(false)
+    })
+}
+
+fn find_runuser() -> Option<&'static str> {
+    [
+        "/usr/sbin/runuser",
+        "/sbin/runuser",
+        "/usr/bin/runuser",
+        "/bin/runuser",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+}
+
+/// Which user, which shell, which argv.
+pub fn shell_spec(agent: &Agent, task: &StartSessionTask) -> Result<ShellSpec> {
+    let me = sysinfo::current_user();
+    let wanted = if !task.run_as_user.is_empty() {
+        Some(task.run_as_user.clone())
+    } else {
+        agent.run_as.clone()
+    };
+    let run_as = match wanted {
+        Some(name) if sysinfo::is_root() => {
+            let user = sysinfo::user_by_name(&name)
+                .with_context(|| format!("run-as user {name:?} does not exist"))?;
+            if me.as_ref().map(|m| m.name == user.name).unwrap_or(false) {
+                None
+            } else {
+                Some(user)
+            }
+        }
+        Some(name) => {
+            if me.as_ref().map(|m| m.name != name).unwrap_or(true) {
+                warn!(run_as = %name, "not root: running the shell as the agent's own user");
+            }
+            None
+        }
+        None => None,
+    };
+    let user = run_as.clone().or(me).unwrap_or_else(|| sysinfo::UserInfo {
+        name: std::env::var("USER").unwrap_or_else(|_| "root".into()),
+        home: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
+        shell: String::new(),
+    });
+    let shell = agent
+        .shell
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            Some(user.shell.clone()).filter(|s| !s.is_empty() && std::path::Path::new(s).exists())
+        })
+        .unwrap_or_else(|| "/bin/sh".into());
+    let mut env = vec![
+        ("TERM".to_string(), "xterm-256color".to_string()),
+        ("HOME".to_string(), user.home.clone()),
+        ("USER".to_string(), user.name.clone()),
+        ("LOGNAME".to_string(), user.name.clone()),
+        ("SHELL".to_string(), shell.clone()),
+    ];
+    if std::env::var_os("LANG").is_none_or(|v| v.is_empty()) {
+        env.push(("LANG".into(), "C.UTF-8".into()));
+    }
+    let (program, args) = match &run_as {
+        Some(u) => match find_runuser() {
+            Some(runuser) => (
+                runuser.to_string(),
+                vec![
+                    "-u".into(),
+                    u.name.clone(),
+                    "--".into(),
+                    shell.clone(),
+                    "-l".into(),
+                ],
+            ),
+            None => (
+                "su".to_string(),
+                vec!["-s".into(), shell.clone(), "-l".into(), u.name.clone()],
+            ),
+        },
+        None => (shell.clone(), vec!["-l".into()]),
+    };
+    Ok(ShellSpec {
+        program,
+        args,
+        env,
+        cwd: Some(user.home.clone()),
+        cols: 80,
+        rows: 24,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_proto::handshake::ProcessedClientAction;
+
+    fn resp(status: i32, result: serde_json::Value) -> HandshakeResponse {
+        HandshakeResponse {
+            client_version: "1".into(),
+            processed_client_actions: vec![ProcessedClientAction {
+                action_type: ACTION_AIRLOCK_CAPABILITIES.into(),
+                action_status: status,
+                action_result: result,
+                error: String::new(),
+            }],
+            errors: None,
+        }
+    }
+
+    #[test]
+    fn exit_code_acceptance() {
+        assert!(accepts_exit_code(&resp(
+            1,
+            serde_json::json!({"Features": ["exit_code"], "MaxPayload": 1024})
+        )));
+        assert!(!accepts_exit_code(&resp(
+            0,
+            serde_json::json!({"Features": ["exit_code"]})
+        )));
+        assert!(!accepts_exit_code(&resp(
+            1,
+            serde_json::json!({"Features": []})
+        )));
+        assert!(!accepts_exit_code(&resp(1, serde_json::json!(3))));
+        assert!(!accepts_exit_code(&resp(1, serde_json::Value::Null)));
+    }
+}

@@ -1,0 +1,195 @@
+//! The `airlock` CLI, also usable as the AWS CLI's `session-manager-plugin`.
+//!
+//! - [`cli`]: clap definitions; [`params`]: `--parameters` parsing.
+//! - [`commands`]: start-session, sessions list / terminate (API calls).
+//! - [`plugin`]: the plugin argv contract (spec §6).
+//! - [`session`]: the data-channel session runner; [`handshake`]: its answers.
+//! - [`terminal`]: raw mode, size, stdin pump. [`error`]: errors and exit codes.
+
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod handshake;
+pub mod params;
+pub mod plugin;
+pub mod session;
+pub mod terminal;
+
+use clap::Parser;
+
+use crate::error::ClientError;
+use crate::plugin::{PluginInvocation, PluginStart};
+use crate::session::{ExitPolicy, SessionRunner};
+
+/// Version reported to the AWS CLI and the agent; must stay > 1.2.497.0.
+pub const CLIENT_VERSION: &str = "1.2.700.0";
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn report(e: &ClientError) -> i32 {
+    terminal::restore_terminal();
+    eprintln!("{e}");
+    e.exit_code()
+}
+
+/// Entry point for the binary; returns the process exit status.
+pub fn main_entry() -> i32 {
+    init_tracing();
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let argv0_is_plugin = args
+        .first()
+        .and_then(|a| {
+            std::path::Path::new(a)
+                .file_stem()
+                .map(|s| s == "session-manager-plugin")
+        })
+        .unwrap_or(false);
+    if argv0_is_plugin {
+        return plugin_main(&args);
+    }
+    let cli = match cli::Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { error::EXIT_USAGE } else { 0 };
+        }
+    };
+    match cli.command {
+        cli::Command::SessionManagerPlugin { args: rest } => {
+            let argv: Vec<String> = std::iter::once("session-manager-plugin".to_string())
+                .chain(rest)
+                .collect();
+            plugin_main(&argv)
+        }
+        cli::Command::StartSession {
+            target,
+            document_name,
+            parameters,
+            reason,
+            conn,
+        } => {
+            let parameters = match parameters
+                .as_deref()
+                .map(params::parse_parameters)
+                .transpose()
+            {
+                Ok(p) => p,
+                Err(e) => return report(&ClientError::Usage(e.to_string())),
+            };
+            let args = commands::StartArgs {
+                target,
+                document_name,
+                parameters,
+                reason,
+            };
+            run_async(async move { commands::start_session(&conn_opts(&conn), &args).await })
+        }
+        cli::Command::Sessions { command, conn } => {
+            let opts = conn_opts(&conn);
+            run_async(async move {
+                match command {
+                    cli::SessionsCommand::List { state } => {
+                        commands::list_sessions(&opts, &state).await
+                    }
+                    cli::SessionsCommand::Terminate { session_id } => {
+                        commands::terminate_session(&opts, &session_id).await
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn conn_opts(c: &cli::Conn) -> commands::ConnOpts {
+    commands::ConnOpts {
+        endpoint_url: c.endpoint_url.clone(),
+        region: c.region.clone(),
+        profile: c.profile.clone(),
+    }
+}
+
+fn run_async(fut: impl std::future::Future<Output = Result<i32, ClientError>>) -> i32 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return report(&e),
+    };
+    let result = rt.block_on(fut);
+    // Do not wait for the stdin thread or lingering tasks.
+    rt.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(e) => report(&e),
+    }
+}
+
+/// Plugin behaviour for a full argv (`argv[0]` = program).
+pub fn plugin_main(argv: &[String]) -> i32 {
+    // Read and unset the response variable before any thread starts.
+    let inv =
+        plugin::parse_plugin_args(argv, |k| std::env::var(k).ok(), |k| std::env::remove_var(k));
+    match inv {
+        PluginInvocation::Banner => {
+            println!("{}", plugin::BANNER);
+            0
+        }
+        PluginInvocation::Version => {
+            println!("{}", PluginInvocation::version_line());
+            0
+        }
+        PluginInvocation::Fail(msg) => {
+            println!("{msg}");
+            1
+        }
+        PluginInvocation::Start(start) => run_async(async move { plugin_session(*start).await }),
+    }
+}
+
+async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
+    let tls = commands::tls_config()?;
+    // Credentials are only needed for ResumeSession; a session can run without them.
+    let api = if start.legacy {
+        None
+    } else {
+        let opts = commands::ConnOpts {
+            endpoint_url: start.endpoint.clone(),
+            region: Some(start.region.clone()),
+            profile: start.profile.clone(),
+        };
+        match commands::api_client(&opts, tls.clone()) {
+            Ok(api) => Some(api),
+            Err(e) => {
+                tracing::warn!("no API client for ResumeSession: {e}");
+                None
+            }
+        }
+    };
+    SessionRunner {
+        info: start.session,
+        tls,
+        api,
+        exit_policy: ExitPolicy::AlwaysZero,
+    }
+    .run()
+    .await
+    .map_err(|e| match e {
+        ClientError::Transport(m) => {
+            ClientError::Transport(format!("Cannot perform start session: {m}"))
+        }
+        other => other,
+    })
+}

@@ -1,0 +1,341 @@
+//! The session runner shared by `airlock start-session` and the plugin path:
+//! open the data channel, answer the handshake, pump the terminal, follow
+//! reconnects, and turn `channel_closed` into an exit status.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_proto::handshake::{HandshakeComplete, HandshakeRequest};
+use airlock_proto::messages::{parse_exit_code, ChannelClosed, OpenDataChannel, TerminalSize};
+use airlock_proto::reliable::{Config, Event};
+use airlock_proto::{MessageType, PayloadType, Role};
+use airlock_transport::api::{ApiClient, CallError};
+use airlock_transport::datachannel::{ChannelEvent, DataChannel};
+use airlock_transport::ws;
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::error::ClientError;
+use crate::plugin::SessionInfo;
+use crate::terminal;
+use crate::CLIENT_VERSION;
+
+/// Retries for the initial connect and for each reconnect.
+const MAX_RETRIES: u32 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitPolicy {
+    /// Exit with the remote shell's status (airlock start-session).
+    RemoteStatus,
+    /// Always 0 on a normal close, like the stock plugin (the AWS CLI turns a
+    /// nonzero plugin status into an error that echoes the command line).
+    AlwaysZero,
+}
+
+pub struct SessionRunner {
+    pub info: SessionInfo,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// For ResumeSession on reconnect; None when no credentials were found.
+    pub api: Option<ApiClient>,
+    pub exit_policy: ExitPolicy,
+}
+
+fn client_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| uuid::Uuid::new_v4().to_string())
+}
+
+pub fn open_message(token: &str) -> String {
+    let open = OpenDataChannel {
+        message_schema_version: "1.0".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        token_value: token.to_string(),
+        client_instance_id: None,
+        client_id: client_id().to_string(),
+        client_version: Some(CLIENT_VERSION.to_string()),
+    };
+    serde_json::to_string(&open).unwrap_or_default()
+}
+
+/// Prints a status line: stdout when it is a terminal (like the plugin), else
+/// stderr so scripted stdout holds only the remote output.
+fn say(text: &str) {
+    if terminal::stdout_is_tty() {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    } else {
+        eprint!("{text}");
+    }
+}
+
+/// `d0·2^n` with d0 in 100–199 ms, reset to d0 when over 5 s (spec §3.3).
+fn backoff(attempt: u32) -> Duration {
+    let d0 = 100 + (uuid::Uuid::new_v4().as_u128() % 100) as u64;
+    let d = d0.saturating_mul(1u64 << attempt.min(16));
+    Duration::from_millis(if d > 5000 { d0 } else { d })
+}
+
+fn size_payload(cols: u32, rows: u32) -> Bytes {
+    Bytes::from(serde_json::to_vec(&TerminalSize { cols, rows }).unwrap_or_default())
+}
+
+fn write_stdout(payload: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(payload)?;
+    out.flush()
+}
+
+enum Reconnect {
+    Done,
+    /// ResumeSession gave no token: the session is over.
+    TimedOut,
+    Failed(String),
+}
+
+impl SessionRunner {
+    async fn connect_with_retry(&self) -> Result<ws::WsStream, ClientError> {
+        let mut last = String::new();
+        for attempt in 0..=MAX_RETRIES {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt - 1)).await;
+            }
+            match ws::connect(&self.info.stream_url, self.tls.clone()).await {
+                Ok(ws) => return Ok(ws),
+                Err(e) => {
+                    tracing::debug!("connect attempt {attempt} failed: {e}");
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(ClientError::Transport(last))
+    }
+
+    async fn reconnect(&self, dc: &DataChannel) -> Reconnect {
+        let mut last = String::from("no attempt made");
+        for attempt in 0..MAX_RETRIES {
+            tokio::time::sleep(backoff(attempt)).await;
+            let token = match &self.api {
+                Some(api) => match api
+                    .ssm("ResumeSession", &json!({"SessionId": self.info.session_id}))
+                    .await
+                {
+                    Ok(v) => match v.get("TokenValue").and_then(|t| t.as_str()) {
+                        Some(t) if !t.is_empty() => t.to_string(),
+                        _ => return Reconnect::TimedOut,
+                    },
+                    Err(CallError::Api(e)) => return Reconnect::Failed(e.to_string()),
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                },
+                None => self.info.token_value.clone(),
+            };
+            // The original StreamUrl is reused; the new one is ignored (stock behaviour).
+            let ws = match ws::connect(&self.info.stream_url, self.tls.clone()).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            match dc.reconnect(ws, open_message(&token)).await {
+                Ok(()) => return Reconnect::Done,
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Reconnect::Failed(last)
+    }
+
+    /// Runs the session to its end and returns the process exit status.
+    pub async fn run(self) -> Result<i32, ClientError> {
+        let id = self.info.session_id.clone();
+        say(&format!("\nStarting session with SessionId: {id}\n"));
+
+        let ws = self.connect_with_retry().await?;
+        let mut dc = DataChannel::spawn(
+            ws,
+            open_message(&self.info.token_value),
+            Role::Client,
+            Config::default(),
+        );
+
+        let interactive = terminal::stdin_is_tty();
+        let guard = if interactive {
+            Some(terminal::RawGuard::enable()?)
+        } else {
+            None
+        };
+        let (cols, rows) = if interactive {
+            terminal::current_size()
+        } else {
+            terminal::NON_TTY_SIZE
+        };
+        let mut last_size = (cols, rows);
+        send_or_log(&dc, PayloadType::Size, size_payload(cols, rows)).await;
+
+        let mut winch = if interactive {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok()
+        } else {
+            None
+        };
+        let mut stdin = Some(terminal::spawn_stdin_reader());
+        let mut exit_code: Option<i32> = None;
+
+        let outcome: Result<(i32, Option<String>), ClientError> = loop {
+            tokio::select! {
+                chunk = recv_opt(&mut stdin) => match chunk {
+                    Some(bytes) => send_or_log(&dc, PayloadType::Output, bytes).await,
+                    // EOF does not end the session: the remote shell's `exit` does.
+                    None => stdin = None,
+                },
+                _ = recv_signal(&mut winch) => {
+                    let size = terminal::current_size();
+                    if size != last_size {
+                        last_size = size;
+                        send_or_log(&dc, PayloadType::Size, size_payload(size.0, size.1)).await;
+                    }
+                },
+                ev = dc.recv() => match ev {
+                    None => break Err(ClientError::Transport("data channel stopped unexpectedly".into())),
+                    Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => {
+                        match payload_type {
+                            PayloadType::Output | PayloadType::StdErr => {
+                                if let Err(e) = write_stdout(&payload) {
+                                    break Err(e.into());
+                                }
+                            }
+                            PayloadType::ExitCode => {
+                                if let Some(code) = parse_exit_code(&payload) {
+                                    exit_code = Some(code);
+                                }
+                            }
+                            PayloadType::HandshakeRequest => {
+                                match serde_json::from_slice::<HandshakeRequest>(&payload) {
+                                    Ok(req) => {
+                                        let out = crate::handshake::respond(&req);
+                                        tracing::debug!(features = ?out.features, session_type = ?out.session_type, "handshake");
+                                        let body = serde_json::to_vec(&out.response).unwrap_or_default();
+                                        send_or_log(&dc, PayloadType::HandshakeResponse, Bytes::from(body)).await;
+                                    }
+                                    Err(e) => tracing::warn!("malformed handshake request: {e}"),
+                                }
+                            }
+                            PayloadType::HandshakeComplete => {
+                                if let Ok(done) = serde_json::from_slice::<HandshakeComplete>(&payload) {
+                                    if !done.customer_message.is_empty() {
+                                        eprint!("{}\r\n", done.customer_message);
+                                    }
+                                }
+                            }
+                            PayloadType::Error => {
+                                eprint!("{}", String::from_utf8_lossy(&payload));
+                            }
+                            other => tracing::debug!("ignoring payload type {other:?}"),
+                        }
+                    }
+                    Some(ChannelEvent::Proto(Event::Control(frame))) => {
+                        if frame.message_type == MessageType::ChannelClosed {
+                            let output = serde_json::from_slice::<ChannelClosed>(&frame.payload)
+                                .ok()
+                                .and_then(|c| c.output)
+                                .or_else(|| {
+                                    serde_json::from_slice::<serde_json::Value>(&frame.payload)
+                                        .ok()
+                                        .and_then(|v| v.get("Output").and_then(|o| o.as_str()).map(String::from))
+                                })
+                                .filter(|o| !o.is_empty());
+                            let msg = match output {
+                                Some(o) => format!("\n\nSessionId: {id} : {o}\n\n"),
+                                None => format!("\n\nExiting session with sessionId: {id}.\n\n"),
+                            };
+                            let code = match self.exit_policy {
+                                ExitPolicy::RemoteStatus => exit_code.unwrap_or(0),
+                                ExitPolicy::AlwaysZero => 0,
+                            };
+                            break Ok((code, Some(msg)));
+                        }
+                        tracing::debug!("ignoring control frame {:?}", frame.message_type);
+                    }
+                    Some(ChannelEvent::Disconnected(why)) => {
+                        tracing::debug!("data channel disconnected: {why:?}");
+                        match self.reconnect(&dc).await {
+                            Reconnect::Done => {}
+                            Reconnect::TimedOut => break Ok((0, Some(format!("\n\nSession: {id} timed out.\n\n")))),
+                            Reconnect::Failed(reason) => {
+                                break Err(ClientError::Transport(format!("lost the connection to session {id}: {reason}")))
+                            }
+                        }
+                    }
+                },
+            }
+        };
+
+        drop(guard);
+        terminal::restore_terminal();
+        let _ = tokio::time::timeout(Duration::from_secs(1), dc.close()).await;
+        match outcome {
+            Ok((code, msg)) => {
+                if let Some(m) = msg {
+                    eprint!("{m}");
+                }
+                Ok(code)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn send_or_log(dc: &DataChannel, payload_type: PayloadType, payload: Bytes) {
+    if let Err(e) = dc.send(payload_type, payload).await {
+        tracing::debug!("send {payload_type:?} failed: {e}");
+    }
+}
+
+async fn recv_opt(rx: &mut Option<tokio::sync::mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig {
+        Some(s) => {
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_message_is_client_form() {
+        let v: serde_json::Value = serde_json::from_str(&open_message("tok")).unwrap();
+        assert_eq!(v["MessageSchemaVersion"], "1.0");
+        assert_eq!(v["TokenValue"], "tok");
+        assert_eq!(v["ClientVersion"], CLIENT_VERSION);
+        assert!(v.get("ClientInstanceId").is_none());
+        assert_eq!(v["ClientId"].as_str().unwrap().len(), 36);
+    }
+
+    #[test]
+    fn backoff_bounds() {
+        for n in 0..10 {
+            let d = backoff(n).as_millis();
+            assert!((100..=5000).contains(&d), "{n}: {d}");
+        }
+    }
+
+    #[test]
+    fn size_json() {
+        assert_eq!(&size_payload(200, 50)[..], br#"{"cols":200,"rows":50}"#);
+    }
+}

@@ -1,0 +1,65 @@
+//! SigV4 authentication of API and channel requests (via `airlock_sigv4`).
+
+use std::time::Duration;
+
+use airlock_sigv4::{parse_auth, verify_request, AuthError, Request, VerifyOptions};
+
+use crate::error::ApiError;
+use crate::server::AppState;
+
+/// The authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub access_key_id: String,
+    /// `user/<name>` or `instance/<mi-id>`.
+    pub principal: String,
+}
+
+impl Principal {
+    pub fn user_name(&self) -> Option<&str> {
+        self.principal.strip_prefix("user/")
+    }
+    pub fn instance_id(&self) -> Option<&str> {
+        self.principal.strip_prefix("instance/")
+    }
+    /// IAM-style ARN used as SessionOwner / Owner.
+    pub fn arn(&self, account_id: &str) -> String {
+        match self.instance_id() {
+            Some(id) => format!("arn:aws:sts::{account_id}:assumed-role/instance/{id}"),
+            None => format!("arn:aws:iam::{account_id}:{}", self.principal),
+        }
+    }
+}
+
+/// Maps a verification failure to the AWS JSON error (always HTTP 400 here;
+/// botocore reads the code from `__type`).
+pub fn auth_error(e: &AuthError) -> ApiError {
+    ApiError::new(e.code(), e.to_string())
+}
+
+/// Verifies the request's signature for one of `services`.
+pub async fn authenticate(
+    state: &AppState,
+    req: &Request<'_>,
+    services: &[&str],
+) -> Result<Principal, ApiError> {
+    let parsed = parse_auth(req).map_err(|e| auth_error(&e))?;
+    let key = state
+        .store
+        .get_access_key(&parsed.access_key_id)
+        .await?
+        .ok_or_else(|| auth_error(&AuthError::UnrecognizedClient))?;
+    let regions = [state.config.aws.region.clone()];
+    let opts = VerifyOptions {
+        max_skew: Duration::from_secs(state.config.aws.max_skew_secs),
+        allowed_regions: &regions,
+        allowed_services: services,
+        normalize_path: true,
+        now: time::OffsetDateTime::now_utc(),
+    };
+    verify_request(req, &parsed, &key.secret, &opts).map_err(|e| auth_error(&e))?;
+    Ok(Principal {
+        access_key_id: key.access_key_id,
+        principal: key.principal,
+    })
+}

@@ -1,0 +1,24 @@
+//! Airlock gateway: SSM-compatible API, agent control channels, session relay.
+//!
+//! - [`config`]: the typed configuration tree (TOML, unknown keys rejected).
+//! - [`store`]: the durable state behind the [`store::Store`] trait (SQLite today).
+//! - [`auth`]: SigV4 verification of API and channel requests.
+//! - [`api`]: the AWS JSON 1.1 `AmazonSSM.*` operations and agent registration.
+//! - [`hub`]: in-memory state of online agents and live session relays.
+//! - [`ws`]: WebSocket upgrade plus the control and data channel tasks.
+//! - [`server`]: accept loop, TLS ([`tls`]), HTTP routing, graceful shutdown.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod util;
+pub mod ws;
+
+pub use config::Config;
+pub use error::GatewayError;
+pub use server::Gateway;

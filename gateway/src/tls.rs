@@ -1,0 +1,121 @@
+//! Local CA and server certificate under `<data-dir>/tls/`, created on first
+//! start and reused afterwards; a rustls acceptor on the ring provider.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::GatewayError;
+use crate::util::{create_private_dir, write_private};
+
+pub struct TlsPaths {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TlsPaths {
+    pub fn new(data_dir: &Path) -> Self {
+        let d = data_dir.join("tls");
+        TlsPaths {
+            ca_cert: d.join("ca.pem"),
+            ca_key: d.join("ca-key.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server-key.pem"),
+        }
+    }
+}
+
+fn tls_err(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::Tls(e.to_string())
+}
+
+/// Makes sure the CA and server certificate exist; returns their paths.
+pub fn ensure_material(data_dir: &Path) -> Result<TlsPaths, GatewayError> {
+    let paths = TlsPaths::new(data_dir);
+    if let Some(dir) = paths.ca_cert.parent() {
+        create_private_dir(dir)?;
+    }
+    if paths.ca_cert.exists()
+        && paths.ca_key.exists()
+        && paths.server_cert.exists()
+        && paths.server_key.exists()
+    {
+        return Ok(paths);
+    }
+    let ca_key = KeyPair::generate().map_err(tls_err)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Airlock local CA");
+    ca_params.distinguished_name = dn;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    ca_params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
+
+    let srv_key = KeyPair::generate().map_err(tls_err)?;
+    let mut srv_params = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])
+    .map_err(tls_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "localhost");
+    srv_params.distinguished_name = dn;
+    srv_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    srv_params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    srv_params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(825);
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let srv_cert = srv_params.signed_by(&srv_key, &issuer).map_err(tls_err)?;
+
+    write_private(&paths.ca_key, ca_key.serialize_pem().as_bytes())?;
+    write_private(&paths.server_key, srv_key.serialize_pem().as_bytes())?;
+    write_private(&paths.server_cert, srv_cert.pem().as_bytes())?;
+    write_private(&paths.ca_cert, ca_cert.pem().as_bytes())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for p in [&paths.ca_cert, &paths.server_cert] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| GatewayError::io(p, e))?;
+        }
+    }
+    Ok(paths)
+}
+
+/// A TLS acceptor for the server certificate (chain includes the CA).
+pub fn acceptor(paths: &TlsPaths) -> Result<TlsAcceptor, GatewayError> {
+    let mut chain = Vec::new();
+    for p in [&paths.server_cert, &paths.ca_cert] {
+        let pem = std::fs::read(p).map_err(|e| GatewayError::io(p, e))?;
+        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+            chain.push(c.map_err(|e| GatewayError::io(p, e))?);
+        }
+    }
+    let key_pem =
+        std::fs::read(&paths.server_key).map_err(|e| GatewayError::io(&paths.server_key, e))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| GatewayError::io(&paths.server_key, e))?
+        .ok_or_else(|| GatewayError::Tls("no private key in server-key.pem".into()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(tls_err)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}

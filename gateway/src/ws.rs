@@ -1,0 +1,466 @@
+//! WebSocket upgrade and the channel tasks: the agent control channel and the
+//! per-session data-channel relay (agent socket <-> client socket).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_proto::frame::{peek_message_type, Frame, MessageType, PayloadType};
+use airlock_proto::messages::{
+    AgentSessionState, AgentTaskAcknowledge, AgentTaskComplete, ChannelClosed, OpenControlChannel,
+    OpenDataChannel, SessionDocument, SessionState, StartSessionTask, TaskEnvelope,
+};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+
+use crate::api::end_session;
+use crate::error::ApiError;
+use crate::hub::{AgentHandle, Relay, TokenKind, CONTROL_QUEUE};
+use crate::server::{error_response, AppState, Body};
+use crate::util::now_ms;
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// How long a socket may take to send its first (open) message.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one write may block before the peer is considered dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub enum Channel {
+    Control(String),
+    Data(String),
+}
+
+/// Answers the upgrade with 101 and runs the channel on the upgraded socket.
+pub fn upgrade(
+    state: Arc<AppState>,
+    mut req: Request<Incoming>,
+    channel: Channel,
+) -> Response<Body> {
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()));
+    let version_ok = req
+        .headers()
+        .get("sec-websocket-version")
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let Some(accept) = key.filter(|_| version_ok) else {
+        return error_response(&ApiError::validation("Invalid WebSocket upgrade request."));
+    };
+    let Ok(accept) = HeaderValue::from_str(&accept) else {
+        return error_response(&ApiError::internal());
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let max = state.config.limits.max_message_bytes;
+    let st = state.clone();
+    state.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let cfg = WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
+        match channel {
+            Channel::Control(id) => control_channel(st, ws, id).await,
+            Channel::Data(id) => data_channel(st, ws, id).await,
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    h.insert("sec-websocket-accept", accept);
+    r
+}
+
+fn now_u64() -> u64 {
+    now_ms().max(1) as u64
+}
+
+fn encode(mt: MessageType, payload: Vec<u8>) -> Option<Bytes> {
+    Frame::new(
+        mt,
+        0,
+        0,
+        uuid::Uuid::new_v4(),
+        PayloadType::Undefined,
+        Bytes::from(payload),
+        now_u64(),
+    )
+    .encode()
+    .ok()
+}
+
+/// The `interactive_shell` frame that tells an agent to start a session.
+pub fn interactive_shell_frame(
+    session_id: &str,
+    owner: &str,
+    document: &str,
+    parameters: BTreeMap<String, String>,
+) -> Option<Bytes> {
+    let task = StartSessionTask {
+        document_name: document.to_string(),
+        session_id: session_id.to_string(),
+        run_as_user: String::new(),
+        session_owner: owner.to_string(),
+        parameters,
+        document_content: SessionDocument {
+            schema_version: "1.0".into(),
+            description: "Interactive shell session".into(),
+            session_type: "Standard_Stream".into(),
+            inputs: serde_json::json!({}),
+            parameters: serde_json::json!({}),
+            properties: serde_json::json!({}),
+        },
+    };
+    let env = TaskEnvelope {
+        content: serde_json::to_string(&task).ok()?,
+        task_id: session_id.to_string(),
+        topic: "aws.ssm.startSession".into(),
+        schema_version: 1,
+    };
+    encode(
+        MessageType::InteractiveShell,
+        serde_json::to_vec(&env).ok()?,
+    )
+}
+
+/// A `channel_closed` frame with `reason` as Output.
+pub fn channel_closed_frame(session_id: &str, destination: &str, reason: &str) -> Option<Bytes> {
+    let created = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let cc = ChannelClosed {
+        message_id: uuid::Uuid::new_v4().to_string(),
+        created_date: created,
+        destination_id: destination.to_string(),
+        session_id: session_id.to_string(),
+        message_type: "channel_closed".into(),
+        schema_version: 1,
+        output: (!reason.is_empty()).then(|| reason.to_string()),
+    };
+    encode(MessageType::ChannelClosed, serde_json::to_vec(&cc).ok()?)
+}
+
+async fn send(ws: &mut Ws, m: Message) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, ws.send(m)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+    let f = CloseFrame {
+        code,
+        reason: reason.to_string().into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(Some(f))).await;
+}
+
+/// Waits for the first TEXT message (the open request).
+async fn first_text(ws: &mut Ws) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(t.as_str().to_string()),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn control_channel(state: Arc<AppState>, mut ws: Ws, instance_id: String) {
+    let span = tracing::info_span!("control", instance_id = %instance_id);
+    async move {
+        let Some(text) = first_text(&mut ws).await else { return };
+        let open: OpenControlChannel = match serde_json::from_str(&text) {
+            Ok(o) => o,
+            Err(_) => return close(&mut ws, CloseCode::Policy, "invalid OpenControlChannel").await,
+        };
+        if !state.hub.redeem_token(TokenKind::Control, &instance_id, &open.token_value) {
+            tracing::warn!("control channel rejected: bad token");
+            return close(&mut ws, CloseCode::Policy, "invalid token").await;
+        }
+        let now = now_ms();
+        match state.store.get_instance(&instance_id).await {
+            Ok(Some(mut inst)) => {
+                inst.agent_version = open.agent_version.clone();
+                inst.platform_type = open.platform_type.clone();
+                if let Some(v) = open.computer_name.clone() {
+                    inst.computer_name = v;
+                }
+                if let Some(v) = open.ip_address.clone() {
+                    inst.ip_address = v;
+                }
+                if let Some(v) = open.platform_name.clone() {
+                    inst.platform_name = v;
+                }
+                if let Some(v) = open.platform_version.clone() {
+                    inst.platform_version = v;
+                }
+                inst.last_ping_ms = now;
+                inst.ping_status = "Online".into();
+                if let Err(e) = state.store.update_instance(inst).await {
+                    tracing::error!(error = %e, "could not update instance");
+                }
+            }
+            _ => return close(&mut ws, CloseCode::Policy, "instance is not registered").await,
+        }
+        let (tx, mut rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
+        let conn_id = state.hub.next_conn_id();
+        state.hub.agent_online(&instance_id, AgentHandle { conn_id, tx });
+        tracing::info!("agent online");
+        let mut last_store_ping = now;
+        loop {
+            tokio::select! {
+                _ = state.sessions_cancel.cancelled() => {
+                    close(&mut ws, CloseCode::Away, "gateway shutting down").await;
+                    break;
+                }
+                m = rx.recv() => match m {
+                    Some(b) => if !send(&mut ws, Message::Binary(b)).await { break },
+                    None => break,
+                },
+                m = ws.next() => match m {
+                    Some(Ok(Message::Binary(b))) => handle_control_frame(&state, &mut ws, &instance_id, b).await,
+                    Some(Ok(Message::Ping(_))) => {
+                        let now = now_ms();
+                        if now - last_store_ping > 10_000 {
+                            last_store_ping = now;
+                            let _ = state.store.set_instance_ping(&instance_id, now, "Online").await;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        if state.hub.agent_offline(&instance_id, conn_id) {
+            let _ = state.store.set_instance_ping(&instance_id, now_ms(), "ConnectionLost").await;
+            tracing::info!("agent offline");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn handle_control_frame(state: &AppState, ws: &mut Ws, instance_id: &str, b: Bytes) {
+    let frame = match Frame::decode(b, airlock_proto::frame::MAX_PAYLOAD_LEN) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(error = %e, "undecodable control frame dropped");
+            return;
+        }
+    };
+    if frame.message_type != MessageType::AgentTaskComplete {
+        return;
+    }
+    let Ok(done) = serde_json::from_slice::<AgentTaskComplete>(&frame.payload) else {
+        return;
+    };
+    let ack = AgentTaskAcknowledge {
+        schema_version: 1,
+        message_id: frame.message_id.to_string(),
+        task_id: done.task_id.clone(),
+        topic: "agent_task_acknowledge".into(),
+    };
+    if let Some(f) = serde_json::to_vec(&ack)
+        .ok()
+        .and_then(|p| encode(MessageType::AgentTaskAcknowledge, p))
+    {
+        let _ = send(ws, Message::Binary(f)).await;
+    }
+    // A task that failed before its data channel ran ends the session.
+    if let Some(relay) = state.hub.relay(&done.task_id) {
+        if relay.target == instance_id && done.final_task_status != "Success" {
+            end_session(
+                state,
+                &done.task_id,
+                "Failed",
+                "The agent reported the session task failed.",
+            )
+            .await;
+        }
+    }
+}
+
+async fn data_channel(state: Arc<AppState>, mut ws: Ws, session_id: String) {
+    let Some(text) = first_text(&mut ws).await else {
+        return;
+    };
+    let open: OpenDataChannel = match serde_json::from_str(&text) {
+        Ok(o) => o,
+        Err(_) => return close(&mut ws, CloseCode::Policy, "invalid OpenDataChannel").await,
+    };
+    let Some(relay) = state.hub.relay(&session_id) else {
+        if let Some(f) = channel_closed_frame(&session_id, "", "Session is already terminated") {
+            let _ = send(&mut ws, Message::Binary(f)).await;
+        }
+        return close(&mut ws, CloseCode::Normal, "Session is already terminated").await;
+    };
+    let span = relay.span.clone();
+    match open.client_instance_id.as_deref().filter(|s| !s.is_empty()) {
+        Some(agent_id) => {
+            if agent_id != relay.target
+                || !state
+                    .hub
+                    .redeem_token(TokenKind::AgentData, &session_id, &open.token_value)
+            {
+                span.in_scope(|| tracing::warn!("agent data channel rejected: bad token"));
+                return close(&mut ws, CloseCode::Policy, "invalid token").await;
+            }
+            agent_side(state, ws, relay).instrument(span).await
+        }
+        None => {
+            if !state
+                .hub
+                .redeem_token(TokenKind::Client, &session_id, &open.token_value)
+            {
+                span.in_scope(|| tracing::warn!("client data channel rejected: bad token"));
+                return close(&mut ws, CloseCode::Policy, "invalid token").await;
+            }
+            client_side(state, ws, relay).instrument(span).await
+        }
+    }
+}
+
+async fn send_closed(ws: &mut Ws, relay: &Relay, destination: &str) {
+    let reason = relay.reason().unwrap_or_default();
+    if let Some(f) = channel_closed_frame(&relay.session_id, destination, &reason) {
+        let _ = send(ws, Message::Binary(f)).await;
+    }
+    close(ws, CloseCode::Normal, "").await;
+}
+
+async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
+    let Some(mut rx) = relay.take_agent_rx() else {
+        return close(&mut ws, CloseCode::Policy, "agent already attached").await;
+    };
+    tracing::info!("agent data channel attached");
+    let mut cancelled = false;
+    'outer: loop {
+        tokio::select! {
+            _ = relay.cancel.cancelled() => { cancelled = true; break }
+            m = rx.recv() => match m {
+                Some(b) => if !send(&mut ws, Message::Binary(b)).await { break },
+                None => break,
+            },
+            m = ws.next() => match m {
+                Some(Ok(Message::Binary(b))) => match peek_message_type(&b) {
+                    Ok(MessageType::AgentSessionState) => {
+                        let st = Frame::decode(b, airlock_proto::frame::MAX_PAYLOAD_LEN)
+                            .ok()
+                            .and_then(|f| serde_json::from_slice::<AgentSessionState>(&f.payload).ok());
+                        match st.map(|s| s.session_state) {
+                            Some(SessionState::Connected) => {
+                                let _ = state.store.update_session_status(&relay.session_id, "Connected", None, None).await;
+                            }
+                            Some(SessionState::Terminating) => {
+                                end_session(&state, &relay.session_id, "Terminated", "Session ended by the agent.").await;
+                            }
+                            None => tracing::debug!("bad agent_session_state dropped"),
+                        }
+                    }
+                    Ok(_) => {
+                        // Bounded: when the client is absent and the buffer is
+                        // full we stop reading the agent socket (backpressure).
+                        tokio::select! {
+                            r = relay.to_client_tx.send(b) => if r.is_err() { break 'outer },
+                            _ = relay.cancel.cancelled() => { cancelled = true; break 'outer }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "malformed agent frame dropped"),
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    relay.put_agent_rx(rx);
+    if cancelled || relay.cancel.is_cancelled() {
+        send_closed(&mut ws, &relay, &relay.target).await;
+    } else {
+        tracing::info!("agent data channel dropped");
+        end_session(
+            &state,
+            &relay.session_id,
+            "Failed",
+            "The agent's data channel closed.",
+        )
+        .await;
+        close(&mut ws, CloseCode::Normal, "").await;
+    }
+}
+
+async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
+    let Some(mut rx) = relay.take_client_rx() else {
+        return close(&mut ws, CloseCode::Policy, "a client is already attached").await;
+    };
+    tracing::info!("client attached");
+    let _ = state
+        .store
+        .update_session_status(&relay.session_id, "Connected", None, None)
+        .await;
+    let mut cancelled = false;
+    'outer: loop {
+        tokio::select! {
+            _ = relay.cancel.cancelled() => { cancelled = true; break }
+            m = rx.recv() => match m {
+                Some(b) => if !send(&mut ws, Message::Binary(b)).await { break },
+                None => break,
+            },
+            m = ws.next() => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    tokio::select! {
+                        r = relay.to_agent_tx.send(b) => if r.is_err() { break 'outer },
+                        _ = relay.cancel.cancelled() => { cancelled = true; break 'outer }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    if cancelled || relay.cancel.is_cancelled() {
+        // Deliver what the agent sent before the end (e.g. the exit code).
+        while let Ok(b) = rx.try_recv() {
+            if !send(&mut ws, Message::Binary(b)).await {
+                break;
+            }
+        }
+        relay.put_client_rx(rx);
+        send_closed(&mut ws, &relay, &relay.session_id).await;
+    } else {
+        relay.put_client_rx(rx);
+        tracing::info!("client detached");
+        if state.hub.relay(&relay.session_id).is_some() {
+            let _ = state
+                .store
+                .update_session_status(&relay.session_id, "Disconnected", None, None)
+                .await;
+        }
+        close(&mut ws, CloseCode::Normal, "").await;
+    }
+}

@@ -1,0 +1,302 @@
+//! End-to-end relay: a fake agent and a fake client over real WebSockets.
+mod common;
+
+use std::time::Duration;
+
+use airlock_proto::frame::{Frame, MessageType, PayloadType};
+use airlock_proto::messages::{
+    AgentSessionState, ChannelClosed, SessionState, StartSessionTask, TaskEnvelope,
+};
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn ws_connect(addr: std::net::SocketAddr, path: &str) -> Ws {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp)
+        .await
+        .unwrap();
+    ws
+}
+
+fn frame(mt: MessageType, pt: PayloadType, seq: i64, payload: &[u8]) -> Bytes {
+    Frame::new(
+        mt,
+        seq,
+        0,
+        uuid::Uuid::new_v4(),
+        pt,
+        Bytes::copy_from_slice(payload),
+        1_700_000_000_000,
+    )
+    .encode()
+    .unwrap()
+}
+
+async fn next_binary(ws: &mut Ws) -> Bytes {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Binary(b))) => return b,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected binary, got {other:?}"),
+        }
+    }
+}
+
+fn token_of(xml: &str) -> String {
+    xml.split("<TokenValue>")
+        .nth(1)
+        .unwrap()
+        .split("</TokenValue>")
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn shell_session_relays_and_terminates() {
+    let dir = TempDir::new();
+    let gw = TestGateway::start(&dir.0).await;
+    let (id, agent) = register_agent(&gw).await;
+
+    // Control channel.
+    let (s, _, body) = gw
+        .signed_post(
+            &format!("/v1/control-channel/{id}"),
+            "ssmmessages",
+            br#"{"MessageSchemaVersion":"1.0","RequestId":"r1"}"#,
+            &agent,
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let mut control = ws_connect(
+        gw.addr,
+        &format!("/v1/control-channel/{id}?role=subscribe&stream=input"),
+    )
+    .await;
+    let open = json!({"Cookie": null, "MessageSchemaVersion": "1.0", "RequestId": "r2", "TokenValue": token_of(&body), "AgentVersion": "0.1.0", "PlatformType": "linux"});
+    control
+        .send(Message::Text(open.to_string().into()))
+        .await
+        .unwrap();
+    // The gateway answers pings; a pong proves the channel is open and processed.
+    control
+        .send(Message::Ping(Bytes::from_static(b"hi")))
+        .await
+        .unwrap();
+    match control.next().await.unwrap().unwrap() {
+        Message::Pong(_) => {}
+        m => panic!("unexpected {m:?}"),
+    }
+    let (_, v) = gw.ssm("DescribeInstanceInformation", json!({})).await;
+    assert_eq!(
+        v["InstanceInformationList"][0]["PingStatus"], "Online",
+        "{v}"
+    );
+
+    // StartSession -> interactive_shell on the control channel.
+    let (s, start) = gw
+        .ssm("StartSession", json!({"Target": id, "Reason": "test"}))
+        .await;
+    assert_eq!(s, 200, "{start}");
+    let sid = start["SessionId"].as_str().unwrap().to_string();
+    assert!(sid.starts_with("admin-") && sid.len() == 6 + 17, "{sid}");
+    let url = start["StreamUrl"].as_str().unwrap();
+    assert_eq!(
+        url,
+        format!(
+            "ws://{}/v1/data-channel/{sid}?role=publish_subscribe",
+            gw.addr
+        )
+    );
+    let f = Frame::decode(next_binary(&mut control).await, 1 << 20).unwrap();
+    assert_eq!(f.message_type, MessageType::InteractiveShell);
+    let env: TaskEnvelope = serde_json::from_slice(&f.payload).unwrap();
+    let task: StartSessionTask = serde_json::from_str(&env.content).unwrap();
+    assert_eq!(task.session_id, sid);
+    assert_eq!(task.document_name, "SSM-SessionManagerRunShell");
+    assert_eq!(task.session_owner, "arn:aws:iam::123456789012:user/admin");
+    assert_eq!(task.document_content.session_type, "Standard_Stream");
+
+    // Agent data channel; it talks before the client attaches (buffered).
+    let (s, _, body) = gw
+        .signed_post(
+            &format!("/v1/data-channel/{sid}"),
+            "ssmmessages",
+            br#"{"MessageSchemaVersion":"1.0","RequestId":"r3","ClientId":""}"#,
+            &agent,
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let mut adata = ws_connect(
+        gw.addr,
+        &format!("/v1/data-channel/{sid}?role=publish_subscribe"),
+    )
+    .await;
+    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r4", "TokenValue": token_of(&body), "ClientInstanceId": id, "ClientId": ""});
+    adata
+        .send(Message::Text(open.to_string().into()))
+        .await
+        .unwrap();
+    let st = AgentSessionState {
+        schema_version: 1,
+        session_state: SessionState::Connected,
+        session_id: sid.clone(),
+    };
+    adata
+        .send(Message::Binary(frame(
+            MessageType::AgentSessionState,
+            PayloadType::Undefined,
+            0,
+            &serde_json::to_vec(&st).unwrap(),
+        )))
+        .await
+        .unwrap();
+    let hello = frame(
+        MessageType::OutputStreamData,
+        PayloadType::Output,
+        0,
+        b"hello",
+    );
+    adata.send(Message::Binary(hello.clone())).await.unwrap();
+
+    // Client attaches and gets the buffered frame unchanged (not the session state).
+    let mut client = ws_connect(
+        gw.addr,
+        &format!("/v1/data-channel/{sid}?role=publish_subscribe"),
+    )
+    .await;
+    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r5", "TokenValue": start["TokenValue"], "ClientId": "c", "ClientVersion": "1.2.700.0"});
+    client
+        .send(Message::Text(open.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(next_binary(&mut client).await, hello);
+    let input = frame(
+        MessageType::InputStreamData,
+        PayloadType::Output,
+        0,
+        b"ls\n",
+    );
+    client.send(Message::Binary(input.clone())).await.unwrap();
+    assert_eq!(next_binary(&mut adata).await, input);
+
+    let (_, v) = gw.ssm("DescribeSessions", json!({"State": "Active"})).await;
+    assert_eq!(v["Sessions"][0]["SessionId"], sid.as_str());
+    assert_eq!(v["Sessions"][0]["Status"], "Connected");
+
+    // Exit code then Terminating: the client gets both, then channel_closed.
+    let exit = frame(
+        MessageType::OutputStreamData,
+        PayloadType::ExitCode,
+        1,
+        b"EXIT_CODE: 3",
+    );
+    adata.send(Message::Binary(exit.clone())).await.unwrap();
+    let st = AgentSessionState {
+        schema_version: 1,
+        session_state: SessionState::Terminating,
+        session_id: sid.clone(),
+    };
+    adata
+        .send(Message::Binary(frame(
+            MessageType::AgentSessionState,
+            PayloadType::Undefined,
+            0,
+            &serde_json::to_vec(&st).unwrap(),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(next_binary(&mut client).await, exit);
+    let cc = Frame::decode(next_binary(&mut client).await, 1 << 20).unwrap();
+    assert_eq!(cc.message_type, MessageType::ChannelClosed);
+    let cc: ChannelClosed = serde_json::from_slice(&cc.payload).unwrap();
+    assert_eq!(cc.session_id, sid);
+    let cc = Frame::decode(next_binary(&mut adata).await, 1 << 20).unwrap();
+    assert_eq!(cc.message_type, MessageType::ChannelClosed);
+
+    let (_, v) = gw
+        .ssm(
+            "DescribeSessions",
+            json!({"State": "History", "Filters": [{"key": "Target", "value": id}]}),
+        )
+        .await;
+    assert_eq!(v["Sessions"][0]["Status"], "Terminated", "{v}");
+    assert!(v["Sessions"][0]["EndDate"].is_number());
+
+    // Control channel drop -> ConnectionLost promptly.
+    control.close(None).await.unwrap();
+    loop {
+        let (_, v) = gw.ssm("DescribeInstanceInformation", json!({})).await;
+        if v["InstanceInformationList"][0]["PingStatus"] == "ConnectionLost" {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn terminate_session_closes_both_sides() {
+    let dir = TempDir::new();
+    let gw = TestGateway::start(&dir.0).await;
+    let (id, agent) = register_agent(&gw).await;
+    let (_, _, body) = gw
+        .signed_post(
+            &format!("/v1/control-channel/{id}"),
+            "ssmmessages",
+            br#"{"MessageSchemaVersion":"1.0","RequestId":"r1"}"#,
+            &agent,
+        )
+        .await;
+    let mut control = ws_connect(
+        gw.addr,
+        &format!("/v1/control-channel/{id}?role=subscribe&stream=input"),
+    )
+    .await;
+    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r2", "TokenValue": token_of(&body), "AgentVersion": "0.1.0", "PlatformType": "linux"});
+    control
+        .send(Message::Text(open.to_string().into()))
+        .await
+        .unwrap();
+    control
+        .send(Message::Ping(Bytes::from_static(b"x")))
+        .await
+        .unwrap();
+    while !matches!(control.next().await.unwrap().unwrap(), Message::Pong(_)) {}
+    let (_, start) = gw.ssm("StartSession", json!({"Target": id})).await;
+    let sid = start["SessionId"].as_str().unwrap().to_string();
+    let _ = next_binary(&mut control).await; // interactive_shell
+    let mut client = ws_connect(
+        gw.addr,
+        &format!("/v1/data-channel/{sid}?role=publish_subscribe"),
+    )
+    .await;
+    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r5", "TokenValue": start["TokenValue"], "ClientId": "c"});
+    client
+        .send(Message::Text(open.to_string().into()))
+        .await
+        .unwrap();
+
+    // A reused client token is refused.
+    let (s, v) = gw.ssm("TerminateSession", json!({"SessionId": sid})).await;
+    assert_eq!(s, 200, "{v}");
+    let cc = Frame::decode(next_binary(&mut client).await, 1 << 20).unwrap();
+    assert_eq!(cc.message_type, MessageType::ChannelClosed);
+    let cc = Frame::decode(next_binary(&mut control).await, 1 << 20).unwrap();
+    assert_eq!(cc.message_type, MessageType::ChannelClosed);
+    let (_, v) = gw
+        .ssm("DescribeSessions", json!({"State": "History"}))
+        .await;
+    assert_eq!(v["Sessions"][0]["Status"], "Terminated");
+    let (_, v) = gw.ssm("ResumeSession", json!({"SessionId": sid})).await;
+    assert!(v.get("TokenValue").is_none(), "{v}");
+    gw.stop().await;
+}
