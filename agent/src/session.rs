@@ -240,6 +240,17 @@ pub async fn run(
     let mut output_done = false;
     let drain = tokio::time::sleep(Duration::from_secs(u32::MAX as u64));
     tokio::pin!(drain);
+    // Output is pumped by its own task so that a full send window never stops
+    // this loop from reading events (and so the peer from getting acks).
+    let (_, placeholder) = tokio::sync::mpsc::channel(1);
+    let mut output = std::mem::replace(&mut pty.output, placeholder);
+    let sender = dc.sender();
+    let mut output_pump = tokio::spawn(async move {
+        while let Some(chunk) = output.recv().await {
+            sender.send(PayloadType::Output, chunk).await?;
+        }
+        Ok::<(), airlock_transport::datachannel::ChannelError>(())
+    });
 
     loop {
         if exit_code.is_some() && output_done {
@@ -247,14 +258,19 @@ pub async fn run(
         }
         tokio::select! {
             _ = cancel.cancelled() => {
+                output_pump.abort();
                 pty.kill();
                 dc.close().await;
                 return Ok(Outcome::Cancelled);
             }
-            chunk = pty.output.recv(), if !output_done => match chunk {
-                Some(chunk) => dc.send(PayloadType::Output, chunk).await?,
-                None => output_done = true,
-            },
+            pumped = &mut output_pump, if !output_done => {
+                output_done = true;
+                match pumped {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(e) => bail!("output pump failed: {e}"),
+                }
+            }
             code = &mut exit_rx, if exit_code.is_none() => {
                 exit_code = Some(code.unwrap_or(1));
                 drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);

@@ -181,16 +181,23 @@ impl SessionRunner {
         } else {
             None
         };
-        let mut stdin = Some(terminal::spawn_stdin_reader());
+        // Stdin is pumped by its own task so a full send window never stops
+        // this loop from reading output (and acking it).
+        let mut stdin_rx = terminal::spawn_stdin_reader();
+        let stdin_sender = dc.sender();
+        let stdin_pump = tokio::spawn(async move {
+            while let Some(bytes) = stdin_rx.recv().await {
+                if let Err(e) = stdin_sender.send(PayloadType::Output, bytes).await {
+                    tracing::debug!("send input failed: {e}");
+                    break;
+                }
+            }
+            // EOF does not end the session: the remote shell's `exit` does.
+        });
         let mut exit_code: Option<i32> = None;
 
         let outcome: Result<(i32, Option<String>), ClientError> = loop {
             tokio::select! {
-                chunk = recv_opt(&mut stdin) => match chunk {
-                    Some(bytes) => send_or_log(&dc, PayloadType::Output, bytes).await,
-                    // EOF does not end the session: the remote shell's `exit` does.
-                    None => stdin = None,
-                },
                 _ = recv_signal(&mut winch) => {
                     let size = terminal::current_size();
                     if size != last_size {
@@ -273,6 +280,7 @@ impl SessionRunner {
             }
         };
 
+        stdin_pump.abort();
         drop(guard);
         terminal::restore_terminal();
         let _ = tokio::time::timeout(Duration::from_secs(1), dc.close()).await;
@@ -291,13 +299,6 @@ impl SessionRunner {
 async fn send_or_log(dc: &DataChannel, payload_type: PayloadType, payload: Bytes) {
     if let Err(e) = dc.send(payload_type, payload).await {
         tracing::debug!("send {payload_type:?} failed: {e}");
-    }
-}
-
-async fn recv_opt(rx: &mut Option<tokio::sync::mpsc::Receiver<Bytes>>) -> Option<Bytes> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -129,3 +129,14 @@ def test_terminate_session_ends_shell_on_both_sides(gateway, agent):
 def test_gateway_files_holding_secrets_are_private(gateway):
     mode = os.stat(gateway.credentials_file).st_mode & 0o777
     assert mode == 0o600
+
+
+def test_large_output_arrives_complete_and_in_order(gateway, agent):
+    out = airlock(gateway, "start-session", "--target", agent.instance_id,
+                  stdin=b"stty -echo; echo BEGIN-$((1+1)); seq 1 200000; echo END-$((2+2)); exit 0\n",
+                  timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    body = text[text.index("BEGIN-2"):text.index("END-4")]
+    numbers = [line.strip() for line in body.splitlines()[1:]]
+    assert numbers == [str(n) for n in range(1, 200001)]

@@ -243,6 +243,7 @@ mod tls_tests {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let acceptor2 = acceptor.clone();
         let srv = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
             let tls = acceptor.accept(s).await.unwrap();
@@ -269,13 +270,19 @@ mod tls_tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
-            let _ = listener.accept().await;
+            let (s, _) = listener.accept().await.unwrap();
+            assert!(acceptor2.accept(s).await.is_err());
         });
         let err = connect(
             &format!("wss://{addr}/"),
             crate::tls::client_config(None).unwrap(),
         )
         .await;
-        assert!(matches!(err, Err(WsError::Connect { .. })));
+        match err {
+            Err(WsError::Connect { reason, .. }) => {
+                assert!(reason.contains("certificate"), "{reason}")
+            }
+            other => panic!("expected a certificate error, got {:?}", other.map(|_| ())),
+        }
     }
 }
