@@ -205,7 +205,8 @@ impl Control {
                 let _ = report_tx.try_send(frame);
             }
         };
-        if task.document_content.session_type != "Standard_Stream" {
+        let is_port = task.document_content.session_type == "Port";
+        if !is_port && task.document_content.session_type != "Standard_Stream" {
             warn!(parent: &span, session_type = %task.document_content.session_type, "unsupported session type");
             report("Failed");
             return;
@@ -234,7 +235,12 @@ impl Control {
         self.tracker.spawn(
             async move {
                 info!("session starting");
-                let status = match session::run(agent, task, cancel).await {
+                let result = if is_port {
+                    crate::port::run(agent, task, cancel).await
+                } else {
+                    session::run(agent, task, cancel).await
+                };
+                let status = match result {
                     Ok(Outcome::Exited(code)) => {
                         info!(exit_code = code, "session ended");
                         "Success"

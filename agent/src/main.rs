@@ -2,6 +2,7 @@
 
 mod agent;
 mod control;
+mod port;
 mod pty;
 mod register;
 mod session;

@@ -39,9 +39,9 @@ pub enum Outcome {
     Cancelled,
 }
 
-struct Link<'a> {
-    agent: &'a Agent,
-    session_id: &'a str,
+pub(crate) struct Link<'a> {
+    pub(crate) agent: &'a Agent,
+    pub(crate) session_id: &'a str,
 }
 
 impl Link<'_> {
@@ -49,7 +49,7 @@ impl Link<'_> {
         format!("/v1/data-channel/{}", self.session_id)
     }
 
-    async fn open(&self) -> Result<(airlock_transport::ws::WsStream, String)> {
+    pub(crate) async fn open(&self) -> Result<(airlock_transport::ws::WsStream, String)> {
         let token = self
             .agent
             .channel_token(&self.path(), Some(String::new()))
@@ -72,7 +72,7 @@ impl Link<'_> {
     }
 
     /// Fresh token + socket after a drop: a few attempts with short backoff.
-    async fn reconnect(&self, dc: &DataChannel) -> Result<()> {
+    pub(crate) async fn reconnect(&self, dc: &DataChannel) -> Result<()> {
         let mut delay = Duration::from_millis(150);
         let mut last = None;
         for attempt in 1..=RECONNECT_ATTEMPTS {
@@ -100,7 +100,7 @@ impl Link<'_> {
     }
 }
 
-fn is_channel_closed(frame: &airlock_proto::Frame) -> bool {
+pub(crate) fn is_channel_closed(frame: &airlock_proto::Frame) -> bool {
     frame.message_type == MessageType::ChannelClosed
 }
 

@@ -51,6 +51,28 @@ pub enum Command {
         /// Reason recorded with the session
         #[arg(long)]
         reason: Option<String>,
+        /// Local address for port-forwarding listeners
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Forward a local port to HOST:PORT reachable from the target
+    Forward {
+        /// Managed node id (mi-...)
+        target: String,
+        /// `[BIND:]LOCALPORT:HOST:PORT` (LOCALPORT 0 = random)
+        spec: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// stdin/stdout to a port on the target (OpenSSH ProxyCommand)
+    SshProxy {
+        /// Managed node id (mi-...)
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 22)]
+        port: u16,
         #[command(flatten)]
         conn: Conn,
     },
@@ -84,9 +106,75 @@ pub enum SessionsCommand {
     Terminate { session_id: String },
 }
 
+/// A parsed `[BIND:]LOCALPORT:HOST:PORT` forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSpec {
+    pub bind: String,
+    pub local_port: u16,
+    pub host: String,
+    pub port: u16,
+}
+
+pub fn parse_forward(spec: &str) -> Result<ForwardSpec, String> {
+    // An IPv6 bind/host may be bracketed: [::1]:8080:db:5432.
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut depth = 0;
+    for c in spec.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ':' if depth == 0 => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        if c != '[' && c != ']' {
+            cur.push(c);
+        }
+    }
+    parts.push(cur);
+    let port = |s: &str| {
+        s.parse::<u16>()
+            .map_err(|_| format!("invalid port {s:?} in {spec:?}"))
+    };
+    let (bind, lp, host, rp) = match parts.as_slice() {
+        [lp, host, rp] => ("127.0.0.1".to_string(), lp, host, rp),
+        [b, lp, host, rp] => (b.clone(), lp, host, rp),
+        _ => return Err(format!("expected [BIND:]LOCALPORT:HOST:PORT, got {spec:?}")),
+    };
+    if host.is_empty() {
+        return Err(format!("empty host in {spec:?}"));
+    }
+    Ok(ForwardSpec {
+        bind,
+        local_port: port(lp)?,
+        host: host.clone(),
+        port: port(rp)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_specs() {
+        assert_eq!(
+            parse_forward("15432:db.internal:5432").unwrap(),
+            ForwardSpec {
+                bind: "127.0.0.1".into(),
+                local_port: 15432,
+                host: "db.internal".into(),
+                port: 5432
+            }
+        );
+        assert_eq!(parse_forward("0.0.0.0:0:h:1").unwrap().bind, "0.0.0.0");
+        assert_eq!(parse_forward("[::1]:1:h:2").unwrap().bind, "::1");
+        assert!(parse_forward("1:h").is_err());
+        assert!(parse_forward("x:h:1").is_err());
+    }
 
     #[test]
     fn parses_start_session() {

@@ -79,6 +79,20 @@ pub async fn start_session(opts: &ConnOpts, args: &StartArgs) -> Result<i32, Cli
     .await
 }
 
+/// StartSession for a port document, then the port-session runner.
+pub async fn start_port_session(
+    opts: &ConnOpts,
+    args: &StartArgs,
+    port_opts: crate::port::PortOptions,
+) -> Result<i32, ClientError> {
+    let tls = tls_config()?;
+    let api = api_client(opts, tls.clone())?;
+    let resp = api.ssm("StartSession", &start_request_body(args)).await?;
+    let info: SessionInfo = serde_json::from_value(resp)
+        .map_err(|e| ClientError::BadResponse(format!("StartSession: {e}")))?;
+    crate::port::run(info, tls, port_opts).await
+}
+
 pub async fn terminate_session(opts: &ConnOpts, session_id: &str) -> Result<i32, ClientError> {
     let api = api_client(opts, tls_config()?)?;
     let resp = api

@@ -12,6 +12,7 @@ pub mod error;
 pub mod handshake;
 pub mod params;
 pub mod plugin;
+pub mod port;
 pub mod session;
 pub mod terminal;
 
@@ -81,6 +82,7 @@ pub fn main_entry() -> i32 {
             document_name,
             parameters,
             reason,
+            bind,
             conn,
         } => {
             let parameters = match parameters
@@ -97,7 +99,57 @@ pub fn main_entry() -> i32 {
                 parameters,
                 reason,
             };
+            if port::is_port_document(args.document_name.as_deref()) {
+                let popts = port::PortOptions { bind, stdio: false };
+                return run_async(async move {
+                    commands::start_port_session(&conn_opts(&conn), &args, popts).await
+                });
+            }
             run_async(async move { commands::start_session(&conn_opts(&conn), &args).await })
+        }
+        cli::Command::Forward { target, spec, conn } => {
+            let f = match cli::parse_forward(&spec) {
+                Ok(f) => f,
+                Err(e) => return report(&ClientError::Usage(e)),
+            };
+            let mut parameters = params::Parameters::new();
+            parameters.insert("host".into(), vec![f.host.clone()]);
+            parameters.insert("portNumber".into(), vec![f.port.to_string()]);
+            parameters.insert("localPortNumber".into(), vec![f.local_port.to_string()]);
+            let args = commands::StartArgs {
+                target,
+                document_name: Some("AWS-StartPortForwardingSessionToRemoteHost".into()),
+                parameters: Some(parameters),
+                reason: None,
+            };
+            let popts = port::PortOptions {
+                bind: f.bind,
+                stdio: false,
+            };
+            run_async(
+                async move { commands::start_port_session(&conn_opts(&conn), &args, popts).await },
+            )
+        }
+        cli::Command::SshProxy {
+            target,
+            port: p,
+            conn,
+        } => {
+            let mut parameters = params::Parameters::new();
+            parameters.insert("portNumber".into(), vec![p.to_string()]);
+            let args = commands::StartArgs {
+                target,
+                document_name: Some("AWS-StartSSHSession".into()),
+                parameters: Some(parameters),
+                reason: None,
+            };
+            let popts = port::PortOptions {
+                bind: String::new(),
+                stdio: true,
+            };
+            run_async(
+                async move { commands::start_port_session(&conn_opts(&conn), &args, popts).await },
+            )
         }
         cli::Command::Sessions { command, conn } => {
             let opts = conn_opts(&conn);

@@ -14,7 +14,10 @@ use crate::auth::{authenticate, Principal};
 use crate::error::ApiError;
 use crate::hub::{new_relay, TokenKind};
 use crate::server::{json_response, new_access_key, AppState, Body, ReadRequest};
-use crate::store::{Activation, Instance, RegisterOutcome, Session, SessionFilter};
+use crate::store::{
+    Activation, CreateSessionOutcome, Instance, RegisterOutcome, Session, SessionFilter,
+    SessionLimits, Tag,
+};
 use crate::util::{hex17, ms_to_json, now_ms, random_string, sha256_hex};
 
 pub const SHELL_DOCUMENT: &str = "SSM-SessionManagerRunShell";
@@ -119,6 +122,9 @@ pub async fn ssm(state: &Arc<AppState>, req: &ReadRequest) -> ApiResult {
         "ResumeSession" => resume_session(state, req, &principal).await,
         "TerminateSession" => terminate_session(state, req).await,
         "DescribeSessions" => describe_sessions(state, req).await,
+        "AddTagsToResource" => add_tags(state, req).await,
+        "RemoveTagsFromResource" => remove_tags(state, req).await,
+        "ListTagsForResource" => list_tags(state, req).await,
         _ => Err(ApiError::new(
             "UnknownOperationException",
             format!("Unknown operation {op}."),
@@ -413,31 +419,11 @@ async fn start_session(
     let r: StartSessionReq = parse_body(&req.body)?;
     let target = r.target.ok_or_else(|| ApiError::validation("1 validation error detected: Value null at 'target' failed to satisfy constraint: Member must not be null"))?;
     check_len("Target", &target, 1, 400)?;
-    let document = r
-        .document_name
-        .unwrap_or_else(|| SHELL_DOCUMENT.to_string());
-    if document != SHELL_DOCUMENT {
-        return Err(ApiError::new(
-            "InvalidDocument",
-            format!("Document {document} is not supported by this gateway."),
-        ));
-    }
     if let Some(reason) = &r.reason {
         check_len("Reason", reason, 1, 256)?;
     }
-    let mut params = std::collections::BTreeMap::new();
-    for (k, v) in r.parameters.unwrap_or_default() {
-        let s = match v {
-            Value::Array(a) => a.first().and_then(Value::as_str).unwrap_or("").to_string(),
-            Value::String(s) => s,
-            _ => {
-                return Err(ApiError::validation(format!(
-                    "Parameter {k} must be a list of strings."
-                )))
-            }
-        };
-        params.insert(k, s);
-    }
+    let resolved = crate::documents::resolve(r.document_name.as_deref(), r.parameters)?;
+    let document = resolved.name.clone();
     let not_connected =
         || ApiError::new("TargetNotConnected", format!("{target} is not connected."));
     if state.store.get_instance(&target).await?.is_none() {
@@ -453,22 +439,50 @@ async fn start_session(
         state.config.limits.token_ttl_secs,
     );
     let now = now_ms();
-    state
+    let tags = state.store.instance_tags(&target).await?;
+    let limits = SessionLimits {
+        per_target: state.config.sessions.limit_for(&target, &tags),
+        per_principal: state.config.sessions.max_per_principal,
+    };
+    let outcome = state
         .store
-        .insert_session(Session {
-            session_id: session_id.clone(),
-            target: target.clone(),
-            owner: owner.clone(),
-            document_name: document.clone(),
-            status: "Connecting".into(),
-            start_ms: now,
-            end_ms: None,
-            reason: r.reason.unwrap_or_default(),
-            details: String::new(),
-            client_token_hash: token_hash,
-            agent_token_hash: String::new(),
-        })
-        .await?;
+        .create_session_within_limit(
+            Session {
+                session_id: session_id.clone(),
+                target: target.clone(),
+                owner: owner.clone(),
+                document_name: document.clone(),
+                status: "Connecting".into(),
+                start_ms: now,
+                end_ms: None,
+                reason: r.reason.unwrap_or_default(),
+                details: "Connecting: session started".into(),
+                client_token_hash: token_hash,
+                agent_token_hash: String::new(),
+            },
+            limits,
+        )
+        .await;
+    let refused = match outcome {
+        Ok(CreateSessionOutcome::Created) => None,
+        Ok(CreateSessionOutcome::TargetLimit { limit, active }) => {
+            Some(limit_exceeded(limit, &format!("target {target}"), &active))
+        }
+        Ok(CreateSessionOutcome::PrincipalLimit { limit, active }) => Some(limit_exceeded(
+            limit,
+            &format!("principal {owner}"),
+            &active,
+        )),
+        Err(e) => {
+            state.hub.revoke_tokens(TokenKind::Client, &session_id);
+            return Err(e.into());
+        }
+    };
+    if let Some(err) = refused {
+        state.hub.revoke_tokens(TokenKind::Client, &session_id);
+        tracing::info!(target = %target, principal = %principal.principal, "{}", err.message);
+        return Err(err);
+    }
     let relay = Arc::new(new_relay(
         &session_id,
         &target,
@@ -477,7 +491,7 @@ async fn start_session(
         &state.sessions_cancel,
     ));
     state.hub.insert_relay(relay.clone());
-    let frame = crate::ws::interactive_shell_frame(&session_id, &owner, &document, params);
+    let frame = crate::documents::start_frame(&session_id, &owner, &resolved);
     let sent = match frame {
         Some(f) => agent.tx.try_send(f).is_ok(),
         None => false,
@@ -495,6 +509,18 @@ async fn start_session(
     relay.span.in_scope(|| tracing::info!("session started"));
     ok(
         json!({"SessionId": session_id, "TokenValue": token, "StreamUrl": stream_url(req, &session_id)}),
+    )
+}
+
+/// The refusal of a session over a concurrent-session limit. Its own code
+/// (not a throttling one), so SDKs do not retry it.
+pub fn limit_exceeded(limit: u32, scope: &str, active: &[String]) -> ApiError {
+    ApiError::new(
+        "SessionLimitExceeded",
+        format!(
+            "Unable to start new sessions because the maximum session limit of {limit} has been reached for {scope}; active sessions: {} (terminate one with TerminateSession)",
+            if active.is_empty() { "none".to_string() } else { active.join(", ") }
+        ),
     )
 }
 
@@ -555,9 +581,22 @@ async fn terminate_session(state: &AppState, req: &ReadRequest) -> ApiResult {
 /// get `channel_closed` (with `reason` as Output) and are closed; the agent's
 /// control channel also gets `channel_closed`.
 pub async fn end_session(state: &AppState, session_id: &str, status: &str, reason: &str) {
+    end_session_with(state, session_id, status, reason, reason).await
+}
+
+/// [`end_session`] with the client-facing `output` separate from the
+/// recorded `reason` (Details become `<status>: <reason>`).
+pub async fn end_session_with(
+    state: &AppState,
+    session_id: &str,
+    status: &str,
+    output: &str,
+    reason: &str,
+) {
+    let details = format!("{status}: {reason}");
     let changed = match state
         .store
-        .update_session_status(session_id, status, Some(now_ms()), Some(reason))
+        .update_session_status(session_id, status, Some(now_ms()), Some(&details))
         .await
     {
         Ok(c) => c,
@@ -570,17 +609,17 @@ pub async fn end_session(state: &AppState, session_id: &str, status: &str, reaso
     state.hub.revoke_tokens(TokenKind::AgentData, session_id);
     if let Some(relay) = state.hub.remove_relay(session_id) {
         if let Ok(mut g) = relay.close_reason.lock() {
-            *g = Some(reason.to_string());
+            *g = Some(output.to_string());
         }
         relay.cancel.cancel();
         if let Some(agent) = state.hub.agent(&relay.target) {
-            if let Some(f) = crate::ws::channel_closed_frame(session_id, &relay.target, reason) {
+            if let Some(f) = crate::ws::channel_closed_frame(session_id, &relay.target, output) {
                 let _ = agent.tx.try_send(f);
             }
         }
         relay
             .span
-            .in_scope(|| tracing::info!(status, changed, "session ended"));
+            .in_scope(|| tracing::info!(status, changed, reason, "session ended"));
     }
 }
 
@@ -682,6 +721,75 @@ async fn describe_sessions(state: &AppState, req: &ReadRequest) -> ApiResult {
         out["NextToken"] = json!(n);
     }
     ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagsReq {
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    tags: Option<Vec<Tag>>,
+    tag_keys: Option<Vec<String>>,
+}
+
+/// Only `ManagedInstance` resources carry tags here; returns the instance id.
+fn tag_resource(r: &TagsReq) -> Result<String, ApiError> {
+    match r.resource_type.as_deref() {
+        Some("ManagedInstance") => {}
+        Some(t) => {
+            return Err(ApiError::new(
+                "InvalidResourceType",
+                format!("Resource type {t} is not supported; use ManagedInstance."),
+            ))
+        }
+        None => return Err(ApiError::validation("ResourceType is required.")),
+    }
+    r.resource_id
+        .clone()
+        .ok_or_else(|| ApiError::validation("ResourceId is required."))
+}
+
+fn invalid_resource(id: &str) -> ApiError {
+    ApiError::new(
+        "InvalidResourceId",
+        format!("Resource {id} is not a managed instance."),
+    )
+}
+
+async fn add_tags(state: &AppState, req: &ReadRequest) -> ApiResult {
+    let r: TagsReq = parse_body(&req.body)?;
+    let id = tag_resource(&r)?;
+    let tags = r.tags.unwrap_or_default();
+    for t in &tags {
+        check_len("Key", &t.key, 1, 128)?;
+        check_len("Value", &t.value, 0, 256)?;
+    }
+    if !state.store.add_instance_tags(&id, tags).await? {
+        return Err(invalid_resource(&id));
+    }
+    ok(json!({}))
+}
+
+async fn remove_tags(state: &AppState, req: &ReadRequest) -> ApiResult {
+    let r: TagsReq = parse_body(&req.body)?;
+    let id = tag_resource(&r)?;
+    if !state
+        .store
+        .remove_instance_tags(&id, r.tag_keys.unwrap_or_default())
+        .await?
+    {
+        return Err(invalid_resource(&id));
+    }
+    ok(json!({}))
+}
+
+async fn list_tags(state: &AppState, req: &ReadRequest) -> ApiResult {
+    let r: TagsReq = parse_body(&req.body)?;
+    let id = tag_resource(&r)?;
+    if state.store.get_instance(&id).await?.is_none() {
+        return Err(invalid_resource(&id));
+    }
+    ok(json!({"TagList": state.store.instance_tags(&id).await?}))
 }
 
 #[derive(Deserialize)]

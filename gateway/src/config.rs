@@ -2,6 +2,7 @@
 //! TOML file or a command-line flag does not set a value. Unknown keys are
 //! rejected, naming the key's path.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,76 @@ pub struct Config {
     pub server: ServerConfig,
     pub aws: AwsConfig,
     pub limits: LimitsConfig,
+    pub sessions: SessionsConfig,
+}
+
+/// Session lifecycle: concurrent-session limits and timeouts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Most concurrent sessions per target (Connecting, Connected and
+    /// Disconnected count). Default 2.
+    pub max_per_target: u32,
+    /// Most concurrent sessions per principal. Default: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_per_principal: Option<u32>,
+    /// Per-target overrides of `max_per_target`, by instance id. Takes
+    /// precedence over `per_tag`.
+    pub per_target: BTreeMap<String, u32>,
+    /// Limits by instance tag value; the smallest matching one applies.
+    pub per_tag: Vec<TagLimit>,
+    /// How long a Disconnected session (client gone without
+    /// TerminateSession) keeps its slot awaiting ResumeSession, seconds.
+    /// Default 120.
+    pub resume_window_secs: u64,
+    /// A session with no relayed frame in either direction for this long is
+    /// terminated, seconds. Default 1200 (20 minutes).
+    pub idle_timeout_secs: u64,
+    /// Maximum session duration, seconds. Default: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_session_duration_secs: Option<u64>,
+    /// A session whose agent has not attached its data channel after this
+    /// long fails, seconds. Default 30.
+    pub agent_attach_timeout_secs: u64,
+}
+
+/// `[[sessions.per_tag]] key = "Environment" value = "prod" max = 1`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TagLimit {
+    pub key: String,
+    pub value: String,
+    pub max: u32,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            max_per_target: 2,
+            max_per_principal: None,
+            per_target: BTreeMap::new(),
+            per_tag: Vec::new(),
+            resume_window_secs: 120,
+            idle_timeout_secs: 20 * 60,
+            max_session_duration_secs: None,
+            agent_attach_timeout_secs: 30,
+        }
+    }
+}
+
+impl SessionsConfig {
+    /// The concurrent-session limit of `target` with `tags`.
+    pub fn limit_for(&self, target: &str, tags: &[crate::store::Tag]) -> u32 {
+        if let Some(n) = self.per_target.get(target) {
+            return *n;
+        }
+        self.per_tag
+            .iter()
+            .filter(|l| tags.iter().any(|t| t.key == l.key && t.value == l.value))
+            .map(|l| l.max)
+            .min()
+            .unwrap_or(self.max_per_target)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -157,6 +228,18 @@ impl Config {
                 "limits.relay_buffer_frames must be > 0".into(),
             ));
         }
+        let s = &self.sessions;
+        if s.idle_timeout_secs == 0 || s.resume_window_secs == 0 || s.agent_attach_timeout_secs == 0
+        {
+            return Err(GatewayError::Config(
+                "sessions.idle_timeout_secs, resume_window_secs and agent_attach_timeout_secs must be > 0".into(),
+            ));
+        }
+        if s.max_session_duration_secs == Some(0) {
+            return Err(GatewayError::Config(
+                "sessions.max_session_duration_secs must be > 0 (omit it to disable)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -180,6 +263,26 @@ mod tests {
         let c = Config::from_toml("[aws]\nregion = \"eu-west-1\"\n").unwrap();
         assert_eq!(c.aws.region, "eu-west-1");
         assert_eq!(c.aws.account_id, "123456789012");
+    }
+
+    #[test]
+    fn session_limits_parse_and_resolve() {
+        let c = Config::from_toml(
+            "[sessions]\nmax_per_target = 3\nidle_timeout_secs = 5\n[sessions.per_target]\n\"mi-00000000000000001\" = 1\n[[sessions.per_tag]]\nkey = \"Environment\"\nvalue = \"prod\"\nmax = 2\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let prod = [crate::store::Tag {
+            key: "Environment".into(),
+            value: "prod".into(),
+        }];
+        assert_eq!(c.sessions.limit_for("mi-00000000000000001", &prod), 1);
+        assert_eq!(c.sessions.limit_for("mi-x", &prod), 2);
+        assert_eq!(c.sessions.limit_for("mi-x", &[]), 3);
+        assert_eq!(c.sessions.idle_timeout_secs, 5);
+        assert_eq!(Config::default().sessions.max_per_target, 2);
+        // Round trip through the printed form.
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and the relay state of live sessions. Nothing here survives a restart.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -52,6 +52,15 @@ pub struct Relay {
     pub cancel: CancellationToken,
     pub close_reason: Mutex<Option<String>>,
     pub span: tracing::Span,
+    /// Wall-clock ms when the session was created.
+    pub created_ms: i64,
+    /// Set once the agent's data channel has attached.
+    pub agent_attached: AtomicBool,
+    /// Ms since which no client socket is attached (the creation time for a
+    /// client that never attached); 0 while a client is attached.
+    pub client_detached_ms: AtomicI64,
+    /// Ms of the last frame relayed in either direction.
+    pub last_activity_ms: AtomicI64,
 }
 
 impl Relay {
@@ -70,6 +79,17 @@ impl Relay {
         if let Ok(mut g) = self.to_agent_rx.lock() {
             *g = Some(rx);
         }
+    }
+    /// Records relayed traffic (either direction) for the idle timeout.
+    pub fn touch(&self) {
+        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    }
+    pub fn client_attached(&self) {
+        self.client_detached_ms.store(0, Ordering::Relaxed);
+    }
+    pub fn client_detached(&self) {
+        self.client_detached_ms
+            .store(now_ms().max(1), Ordering::Relaxed);
     }
     pub fn reason(&self) -> Option<String> {
         self.close_reason.lock().ok().and_then(|g| g.clone())
@@ -192,6 +212,7 @@ pub fn new_relay(
     capacity: usize,
     parent: &CancellationToken,
 ) -> Relay {
+    let now = now_ms();
     let (ctx, crx) = mpsc::channel(capacity);
     let (atx, arx) = mpsc::channel(capacity);
     Relay {
@@ -205,6 +226,10 @@ pub fn new_relay(
         cancel: parent.child_token(),
         close_reason: Mutex::new(None),
         span: tracing::info_span!("session", session_id = %session_id, target = %target, principal = %principal),
+        created_ms: now,
+        agent_attached: AtomicBool::new(false),
+        client_detached_ms: AtomicI64::new(now.max(1)),
+        last_activity_ms: AtomicI64::new(now),
     }
 }
 

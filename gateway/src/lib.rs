@@ -11,8 +11,10 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod documents;
 pub mod error;
 pub mod hub;
+pub mod lifecycle;
 pub mod server;
 pub mod store;
 pub mod tls;

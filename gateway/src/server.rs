@@ -154,6 +154,10 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let state = self.state.clone();
         let conns = TaskTracker::new();
+        self.state.tracker.spawn(crate::lifecycle::run_reaper(
+            self.state.clone(),
+            shutdown.clone(),
+        ));
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,

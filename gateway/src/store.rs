@@ -100,6 +100,51 @@ pub enum RegisterOutcome {
     InvalidActivation,
 }
 
+/// The limits [`Store::create_session_within_limit`] enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Most sessions of the target in a counting state.
+    pub per_target: u32,
+    /// Most sessions of the owner (principal ARN) in a counting state.
+    pub per_principal: Option<u32>,
+}
+
+/// Outcome of [`Store::create_session_within_limit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateSessionOutcome {
+    Created,
+    /// The target already has `limit` counting sessions, listed in `active`.
+    TargetLimit {
+        limit: u32,
+        active: Vec<String>,
+    },
+    /// The owner already has `limit` counting sessions, listed in `active`.
+    PrincipalLimit {
+        limit: u32,
+        active: Vec<String>,
+    },
+}
+
+/// One recorded state change of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    pub session_id: String,
+    pub ts_ms: i64,
+    pub status: String,
+    pub reason: String,
+}
+
+/// A `Key`/`Value` tag of a managed instance.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+/// Session states that hold a slot of the concurrent-session limit.
+pub const COUNTING_STATES: [&str; 3] = ["Connecting", "Connected", "Disconnected"];
+
 /// Filter for [`Store::list_sessions`]; all set fields must match.
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
@@ -123,6 +168,22 @@ pub struct SessionFilter {
 /// - [`Store::delete_instance`] removes the instance and its access keys together.
 /// - [`Store::update_session_status`] never moves a session out of a final
 ///   state (`Terminated`, `Failed`); it returns whether it changed anything.
+///   Every change (and every insert) also appends a [`SessionEvent`] with
+///   the new status, a timestamp and the reason (`details`) in the SAME
+///   transaction, so the history never disagrees with the current state.
+/// - [`Store::create_session_within_limit`] counts the target's (and, if
+///   set, the owner's) sessions in [`COUNTING_STATES`] and inserts the new
+///   session in ONE serialized transaction, so N racing callers against a
+///   limit of L create exactly L sessions, also when several gateways share
+///   the database. SQLite: `BEGIN IMMEDIATE` (takes the write lock before
+///   the count). A PostgreSQL backend must do the same, either by locking
+///   the target's instance row first (`SELECT ... FROM instances WHERE
+///   instance_id = $1 FOR UPDATE`, and the principal's key row for the
+///   per-principal limit) or by running the count+insert in a `SERIALIZABLE`
+///   transaction retried on serialization failure. A plain `READ COMMITTED`
+///   count-then-insert is NOT acceptable.
+/// - [`Store::register_instance`] also copies the activation's tags onto the
+///   new instance in the same transaction.
 ///
 /// Secrets pass through this API in plaintext and are sealed at rest by the backend.
 #[async_trait]
@@ -159,6 +220,31 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_instance(&self, id: &str) -> Result<bool, StoreError>;
 
     async fn insert_session(&self, s: Session) -> Result<(), StoreError>;
+    /// Atomically checks `limits` and inserts `s` (see the contract above).
+    async fn create_session_within_limit(
+        &self,
+        s: Session,
+        limits: SessionLimits,
+    ) -> Result<CreateSessionOutcome, StoreError>;
+    /// The recorded state changes of a session, oldest first.
+    async fn session_events(&self, id: &str) -> Result<Vec<SessionEvent>, StoreError>;
+    /// Ids of sessions in a non-final state whose latest state change is
+    /// older than `before_ms`.
+    async fn stale_sessions(&self, before_ms: i64) -> Result<Vec<String>, StoreError>;
+
+    async fn instance_tags(&self, instance_id: &str) -> Result<Vec<Tag>, StoreError>;
+    /// Adds or overwrites tags; false if the instance does not exist.
+    async fn add_instance_tags(
+        &self,
+        instance_id: &str,
+        tags: Vec<Tag>,
+    ) -> Result<bool, StoreError>;
+    /// Removes tags by key; false if the instance does not exist.
+    async fn remove_instance_tags(
+        &self,
+        instance_id: &str,
+        keys: Vec<String>,
+    ) -> Result<bool, StoreError>;
     async fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError>;
     async fn update_session_status(
         &self,
@@ -231,6 +317,20 @@ CREATE TABLE IF NOT EXISTS sessions (
   agent_token_hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_start ON sessions(start_ms);
+CREATE INDEX IF NOT EXISTS sessions_target_status ON sessions(target, status);
+CREATE TABLE IF NOT EXISTS session_events (
+  session_id TEXT NOT NULL,
+  ts_ms INTEGER NOT NULL,
+  status TEXT NOT NULL,
+  reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS session_events_id ON session_events(session_id, ts_ms);
+CREATE TABLE IF NOT EXISTS instance_tags (
+  instance_id TEXT NOT NULL,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (instance_id, key)
+);
 ";
 
 impl SqliteStore {
@@ -364,6 +464,59 @@ fn insert_key(conn: &Connection, key: &LessSafeKey, k: &AccessKey) -> Result<(),
     Ok(())
 }
 
+fn insert_session_row(conn: &Connection, s: &Session) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT INTO sessions ({SESS_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"),
+        params![
+            s.session_id,
+            s.target,
+            s.owner,
+            s.document_name,
+            s.status,
+            s.start_ms,
+            s.end_ms,
+            s.reason,
+            s.details,
+            s.client_token_hash,
+            s.agent_token_hash
+        ],
+    )?;
+    insert_event(conn, &s.session_id, s.start_ms, &s.status, &s.details)
+}
+
+fn insert_event(
+    conn: &Connection,
+    id: &str,
+    ts_ms: i64,
+    status: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO session_events (session_id, ts_ms, status, reason) VALUES (?1, ?2, ?3, ?4)",
+        params![id, ts_ms, status, reason],
+    )?;
+    Ok(())
+}
+
+/// Ids of sessions in a counting state matching `column = value`, oldest first.
+fn counting_sessions(
+    conn: &Connection,
+    column: &str,
+    value: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT session_id FROM sessions WHERE {column} = ?1 AND status IN ('Connecting','Connected','Disconnected') ORDER BY start_ms, session_id"
+    ))?;
+    let v = st
+        .query_map(params![value], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(v)
+}
+
+fn now_ms_store() -> i64 {
+    crate::util::now_ms()
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn put_access_key(&self, k: AccessKey) -> Result<(), StoreError> {
@@ -485,6 +638,13 @@ impl Store for SqliteStore {
                 params![inst.instance_id, inst.activation_id, act.iam_role, inst.computer_name, inst.ip_address, inst.platform_type, inst.platform_name, inst.platform_version, inst.agent_version, inst.registration_ms, inst.last_ping_ms, inst.ping_status],
             )?;
             insert_key(&tx, key, &k)?;
+            let tags: Vec<Tag> = serde_json::from_str(&act.tags_json).unwrap_or_default();
+            for t in &tags {
+                tx.execute(
+                    "INSERT OR REPLACE INTO instance_tags (instance_id, key, value) VALUES (?1, ?2, ?3)",
+                    params![inst.instance_id, t.key, t.value],
+                )?;
+            }
             tx.commit()?;
             Ok(RegisterOutcome::Registered)
         })
@@ -551,6 +711,10 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             let n = tx.execute("DELETE FROM instances WHERE instance_id = ?1", params![id])?;
             tx.execute(
+                "DELETE FROM instance_tags WHERE instance_id = ?1",
+                params![id],
+            )?;
+            tx.execute(
                 "DELETE FROM access_keys WHERE principal = ?1",
                 params![format!("instance/{id}")],
             )?;
@@ -562,11 +726,149 @@ impl Store for SqliteStore {
 
     async fn insert_session(&self, s: Session) -> Result<(), StoreError> {
         self.with(move |c, _| {
-            c.execute(
-                &format!("INSERT INTO sessions ({SESS_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"),
-                params![s.session_id, s.target, s.owner, s.document_name, s.status, s.start_ms, s.end_ms, s.reason, s.details, s.client_token_hash, s.agent_token_hash],
-            )?;
+            let tx = c.transaction()?;
+            insert_session_row(&tx, &s)?;
+            tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn create_session_within_limit(
+        &self,
+        s: Session,
+        limits: SessionLimits,
+    ) -> Result<CreateSessionOutcome, StoreError> {
+        self.with(move |c, _| {
+            // IMMEDIATE: the write lock is taken before the count, so no other
+            // connection (or process) can insert between count and insert.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let active = counting_sessions(&tx, "target", &s.target)?;
+            if active.len() >= limits.per_target as usize {
+                return Ok(CreateSessionOutcome::TargetLimit {
+                    limit: limits.per_target,
+                    active,
+                });
+            }
+            if let Some(limit) = limits.per_principal {
+                let active = counting_sessions(&tx, "owner", &s.owner)?;
+                if active.len() >= limit as usize {
+                    return Ok(CreateSessionOutcome::PrincipalLimit { limit, active });
+                }
+            }
+            insert_session_row(&tx, &s)?;
+            tx.commit()?;
+            Ok(CreateSessionOutcome::Created)
+        })
+        .await
+    }
+
+    async fn session_events(&self, id: &str) -> Result<Vec<SessionEvent>, StoreError> {
+        let id = id.to_string();
+        self.with(move |c, _| {
+            let mut st = c.prepare_cached(
+                "SELECT session_id, ts_ms, status, reason FROM session_events WHERE session_id = ?1 ORDER BY ts_ms, rowid",
+            )?;
+            let v = st
+                .query_map(params![id], |r| {
+                    Ok(SessionEvent {
+                        session_id: r.get(0)?,
+                        ts_ms: r.get(1)?,
+                        status: r.get(2)?,
+                        reason: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(v)
+        })
+        .await
+    }
+
+    async fn stale_sessions(&self, before_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.with(move |c, _| {
+            let mut st = c.prepare_cached(
+                "SELECT s.session_id FROM sessions s WHERE s.status NOT IN ('Terminated','Failed') \
+                 AND COALESCE((SELECT MAX(e.ts_ms) FROM session_events e WHERE e.session_id = s.session_id), s.start_ms) < ?1",
+            )?;
+            let v = st
+                .query_map(params![before_ms], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(v)
+        })
+        .await
+    }
+
+    async fn instance_tags(&self, instance_id: &str) -> Result<Vec<Tag>, StoreError> {
+        let id = instance_id.to_string();
+        self.with(move |c, _| {
+            let mut st = c.prepare_cached(
+                "SELECT key, value FROM instance_tags WHERE instance_id = ?1 ORDER BY key",
+            )?;
+            let v = st
+                .query_map(params![id], |r| {
+                    Ok(Tag {
+                        key: r.get(0)?,
+                        value: r.get(1)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(v)
+        })
+        .await
+    }
+
+    async fn add_instance_tags(
+        &self,
+        instance_id: &str,
+        tags: Vec<Tag>,
+    ) -> Result<bool, StoreError> {
+        let id = instance_id.to_string();
+        self.with(move |c, _| {
+            let tx = c.transaction()?;
+            let exists: Option<i64> = tx
+                .query_row("SELECT 1 FROM instances WHERE instance_id = ?1", params![id], |r| r.get(0))
+                .optional()?;
+            if exists.is_none() {
+                return Ok(false);
+            }
+            for t in &tags {
+                tx.execute(
+                    "INSERT OR REPLACE INTO instance_tags (instance_id, key, value) VALUES (?1, ?2, ?3)",
+                    params![id, t.key, t.value],
+                )?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn remove_instance_tags(
+        &self,
+        instance_id: &str,
+        keys: Vec<String>,
+    ) -> Result<bool, StoreError> {
+        let id = instance_id.to_string();
+        self.with(move |c, _| {
+            let tx = c.transaction()?;
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM instances WHERE instance_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_none() {
+                return Ok(false);
+            }
+            for k in &keys {
+                tx.execute(
+                    "DELETE FROM instance_tags WHERE instance_id = ?1 AND key = ?2",
+                    params![id, k],
+                )?;
+            }
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }
@@ -597,10 +899,16 @@ impl Store for SqliteStore {
             details.map(str::to_string),
         );
         self.with(move |c, _| {
-            let n = c.execute(
+            let tx = c.transaction()?;
+            let n = tx.execute(
                 "UPDATE sessions SET status=?2, end_ms=COALESCE(?3, end_ms), details=COALESCE(?4, details) WHERE session_id=?1 AND status NOT IN ('Terminated','Failed')",
                 params![id, status, end_ms, details],
             )?;
+            if n > 0 {
+                let ts = end_ms.unwrap_or_else(now_ms_store);
+                insert_event(&tx, &id, ts, &status, details.as_deref().unwrap_or(""))?;
+            }
+            tx.commit()?;
             Ok(n > 0)
         })
         .await

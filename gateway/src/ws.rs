@@ -358,6 +358,9 @@ async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
     let Some(mut rx) = relay.take_agent_rx() else {
         return close(&mut ws, CloseCode::Policy, "agent already attached").await;
     };
+    relay
+        .agent_attached
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("agent data channel attached");
     let mut cancelled = false;
     'outer: loop {
@@ -375,7 +378,7 @@ async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
                             .and_then(|f| serde_json::from_slice::<AgentSessionState>(&f.payload).ok());
                         match st.map(|s| s.session_state) {
                             Some(SessionState::Connected) => {
-                                let _ = state.store.update_session_status(&relay.session_id, "Connected", None, None).await;
+                                let _ = state.store.update_session_status(&relay.session_id, "Connected", None, Some("Connected: agent data channel connected")).await;
                             }
                             Some(SessionState::Terminating) => {
                                 end_session(&state, &relay.session_id, "Terminated", "Session ended by the agent.").await;
@@ -384,6 +387,7 @@ async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
                         }
                     }
                     Ok(_) => {
+                        relay.touch();
                         // Bounded: when the client is absent and the buffer is
                         // full we stop reading the agent socket (backpressure).
                         tokio::select! {
@@ -419,9 +423,16 @@ async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
         return close(&mut ws, CloseCode::Policy, "a client is already attached").await;
     };
     tracing::info!("client attached");
+    relay.client_attached();
+    relay.touch();
     let _ = state
         .store
-        .update_session_status(&relay.session_id, "Connected", None, None)
+        .update_session_status(
+            &relay.session_id,
+            "Connected",
+            None,
+            Some("Connected: client attached"),
+        )
         .await;
     let mut cancelled = false;
     'outer: loop {
@@ -433,6 +444,7 @@ async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
             },
             m = ws.next() => match m {
                 Some(Ok(Message::Binary(b))) => {
+                    relay.touch();
                     tokio::select! {
                         r = relay.to_agent_tx.send(b) => if r.is_err() { break 'outer },
                         _ = relay.cancel.cancelled() => { cancelled = true; break 'outer }
@@ -454,11 +466,16 @@ async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
         send_closed(&mut ws, &relay, &relay.session_id).await;
     } else {
         relay.put_client_rx(rx);
+        relay.client_detached();
         tracing::info!("client detached");
         if state.hub.relay(&relay.session_id).is_some() {
+            let details = format!(
+                "Disconnected: client connection lost without TerminateSession; resumable for {}",
+                crate::lifecycle::human_secs(state.config.sessions.resume_window_secs)
+            );
             let _ = state
                 .store
-                .update_session_status(&relay.session_id, "Disconnected", None, None)
+                .update_session_status(&relay.session_id, "Disconnected", None, Some(&details))
                 .await;
         }
         close(&mut ws, CloseCode::Normal, "").await;

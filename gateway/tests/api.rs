@@ -121,7 +121,7 @@ async fn start_session_on_offline_target_and_validation() {
     let (s, v) = gw
         .ssm(
             "StartSession",
-            json!({"Target": id, "DocumentName": "AWS-StartPortForwardingSession"}),
+            json!({"Target": id, "DocumentName": "AWS-NoSuchDocument"}),
         )
         .await;
     assert_eq!((s, v["__type"].as_str()), (400, Some("InvalidDocument")));

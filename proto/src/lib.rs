@@ -6,11 +6,14 @@
 //! - [`reliable`]: per-direction sequencing, acks, reordering, retransmission.
 //! - [`messages`]: JSON payloads of the control and data channels.
 //! - [`handshake`]: session-type / KMS / capability negotiation payloads.
+//! - [`crypto`]: per-direction AES-256-GCM session encryption and the KMS challenge.
 
+pub mod crypto;
 pub mod frame;
 pub mod handshake;
 pub mod messages;
 pub mod reliable;
+pub mod smux;
 
 pub use frame::{Frame, FrameError, MessageType, PayloadType};
 pub use reliable::{ReliableChannel, Role};

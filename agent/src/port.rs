@@ -1,0 +1,650 @@
+//! Port sessions (spec §5.1): basic single-connection mode, the SSH
+//! document's stdin/stdout mode, and smux multiplexed mode.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_proto::handshake::{
+    Capabilities, HandshakeComplete, HandshakeRequest, HandshakeResponse, RequestedClientAction,
+    ACTION_AIRLOCK_CAPABILITIES, ACTION_SESSION_TYPE,
+};
+use airlock_proto::messages::{AgentSessionState, SessionState, StartSessionTask};
+use airlock_proto::reliable::{Config, Event};
+use airlock_proto::smux::{self, Cmd, Mux, MuxEvent, MuxRole};
+use airlock_proto::{MessageType, PayloadType, Role};
+use airlock_transport::datachannel::{ChannelEvent, DataChannel, DataSender};
+use anyhow::{bail, Context, Result};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::agent::Agent;
+use crate::session::{is_channel_closed, Link, Outcome};
+use crate::sysinfo;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+const STOCK_PAYLOAD: usize = airlock_proto::frame::STOCK_PAYLOAD_SIZE;
+/// Payload size offered to Airlock clients for port sessions.
+pub const PORT_MAX_PAYLOAD: usize = 64 * 1024;
+const OUT_QUEUE: usize = 256;
+const STREAM_QUEUE: usize = 64;
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub const FLAG_DISCONNECT_TO_PORT: u32 = 1;
+pub const FLAG_TERMINATE_SESSION: u32 = 2;
+pub const FLAG_CONNECT_TO_PORT_ERROR: u32 = 3;
+
+/// What the client negotiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Peer {
+    version: String,
+    airlock: bool,
+    max_payload: usize,
+}
+
+/// Numeric 4-part compare; unparsable → None.
+fn parse_version(v: &str) -> Option<Vec<u64>> {
+    let parts: Option<Vec<u64>> = v.trim().split('.').map(|p| p.parse().ok()).collect();
+    parts.filter(|p| !p.is_empty() && p.len() <= 4)
+}
+
+fn version_at_least(v: &str, min: &str) -> bool {
+    match (parse_version(v), parse_version(min)) {
+        (Some(mut a), Some(mut b)) => {
+            a.resize(4, 0);
+            b.resize(4, 0);
+            a >= b
+        }
+        _ => false,
+    }
+}
+
+/// Spec: multiplexed when `type` is LocalPortForwarding and the client is
+/// Airlock or a plugin ≥ 1.1.70.
+fn multiplexed(properties: &serde_json::Value, peer: &Peer) -> bool {
+    properties.get("type").and_then(|t| t.as_str()) == Some("LocalPortForwarding")
+        && (peer.airlock || version_at_least(&peer.version, "1.1.70"))
+}
+
+fn peer_from(resp: &HandshakeResponse) -> Peer {
+    let caps = resp.processed_client_actions.iter().find_map(|a| {
+        (a.action_type == ACTION_AIRLOCK_CAPABILITIES && a.action_status == 1)
+            .then(|| serde_json::from_value::<Capabilities>(a.action_result.clone()).ok())
+            .flatten()
+    });
+    Peer {
+        version: resp.client_version.clone(),
+        airlock: caps.is_some(),
+        max_payload: caps
+            .map(|c| c.max_payload.clamp(STOCK_PAYLOAD, PORT_MAX_PAYLOAD))
+            .unwrap_or(STOCK_PAYLOAD),
+    }
+}
+
+fn allow_link_local() -> bool {
+    std::env::var("AIRLOCK_AGENT_ALLOW_LINK_LOCAL").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Addresses the agent refuses to dial: link-local / metadata / unspecified.
+pub fn forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast(),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return forbidden(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            (s[0] == 0xfd00 && s[1] == 0x0ec2) || (s[0] & 0xffc0) == 0xfe80 || v6.is_unspecified()
+        }
+    }
+}
+
+/// Resolves and dials `host:port`, refusing forbidden addresses.
+async fn dial(host: &str, port: u16) -> Result<TcpStream> {
+    let addrs: Vec<SocketAddr> =
+        tokio::time::timeout(DIAL_TIMEOUT, tokio::net::lookup_host((host, port)))
+            .await
+            .context("name resolution timed out")?
+            .with_context(|| format!("cannot resolve {host}"))?
+            .collect();
+    if addrs.is_empty() {
+        bail!("{host} has no addresses");
+    }
+    if !allow_link_local() {
+        if let Some(bad) = addrs.iter().find(|a| forbidden(a.ip())) {
+            bail!(
+                "destination {host} resolves to {} which is not allowed",
+                bad.ip()
+            );
+        }
+    }
+    let mut last = None;
+    for a in addrs {
+        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(e)) => last = Some(anyhow::Error::new(e).context(format!("connect {a}"))),
+            Err(_) => last = Some(anyhow::anyhow!("connect {a}: timed out")),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("connect failed")))
+}
+
+fn flag_payload(flag: u32) -> Bytes {
+    Bytes::copy_from_slice(&flag.to_be_bytes())
+}
+
+fn parse_flag(payload: &[u8]) -> Option<u32> {
+    let b: [u8; 4] = payload.get(..4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
+}
+
+enum Out {
+    Output(Bytes),
+    Flag(u32),
+}
+
+fn spawn_sender(
+    sender: DataSender,
+    mut rx: mpsc::Receiver<Out>,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        while let Some(o) = rx.recv().await {
+            match o {
+                Out::Output(b) => sender.send(PayloadType::Output, b).await?,
+                Out::Flag(f) => sender.send(PayloadType::Flag, flag_payload(f)).await?,
+            }
+        }
+        Ok(())
+    })
+}
+
+pub async fn run(
+    agent: Arc<Agent>,
+    task: StartSessionTask,
+    cancel: CancellationToken,
+) -> Result<Outcome> {
+    let sid = task.session_id.clone();
+    let link = Link {
+        agent: &agent,
+        session_id: &sid,
+    };
+    let (ws, open) = tokio::select! {
+        r = link.open() => r?,
+        _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
+    };
+    let mut dc = DataChannel::spawn(ws, open, Role::Agent, Config::default());
+    let state = |s: SessionState| AgentSessionState {
+        schema_version: 1,
+        session_state: s,
+        session_id: sid.clone(),
+    };
+    dc.send_unsequenced(
+        MessageType::AgentSessionState,
+        Bytes::from(serde_json::to_vec(&state(SessionState::Connected))?),
+    )
+    .await?;
+
+    let properties = task.document_content.properties.clone();
+    let started = Instant::now();
+    let request = HandshakeRequest {
+        agent_version: sysinfo::agent_version(),
+        requested_client_actions: vec![
+            RequestedClientAction {
+                action_type: ACTION_SESSION_TYPE.into(),
+                action_parameters: serde_json::json!({"SessionType": "Port", "Properties": properties}),
+            },
+            RequestedClientAction {
+                action_type: ACTION_AIRLOCK_CAPABILITIES.into(),
+                action_parameters: serde_json::to_value(Capabilities {
+                    features: vec![],
+                    max_payload: PORT_MAX_PAYLOAD,
+                })?,
+            },
+        ],
+    };
+    dc.send(
+        PayloadType::HandshakeRequest,
+        Bytes::from(serde_json::to_vec(&request)?),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let peer = loop {
+        let ev = tokio::select! {
+            ev = dc.recv() => ev,
+            _ = cancel.cancelled() => { dc.close().await; return Ok(Outcome::Cancelled) }
+            _ = tokio::time::sleep_until(deadline) => bail!("Handshake timed out"),
+        };
+        match ev {
+            None => bail!("data channel stopped during handshake"),
+            Some(ChannelEvent::Proto(Event::Data {
+                payload_type: PayloadType::HandshakeResponse,
+                payload,
+            })) => {
+                let resp: HandshakeResponse =
+                    serde_json::from_slice(&payload).context("malformed handshake response")?;
+                if let Some(a) = resp
+                    .processed_client_actions
+                    .iter()
+                    .find(|a| a.action_type == ACTION_SESSION_TYPE && a.action_status != 1)
+                {
+                    bail!("client refused the Port session: {}", a.error);
+                }
+                break peer_from(&resp);
+            }
+            Some(ChannelEvent::Proto(Event::Data { .. })) => {}
+            Some(ChannelEvent::Proto(Event::Control(frame))) => {
+                if is_channel_closed(&frame) {
+                    dc.close().await;
+                    return Ok(Outcome::Cancelled);
+                }
+            }
+            Some(ChannelEvent::Disconnected(_)) => link.reconnect(&dc).await?,
+        }
+    };
+    let complete = HandshakeComplete {
+        handshake_time_to_complete: i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX),
+        customer_message: String::new(),
+    };
+    dc.send(
+        PayloadType::HandshakeComplete,
+        Bytes::from(serde_json::to_vec(&complete)?),
+    )
+    .await?;
+
+    let host = properties
+        .get("host")
+        .and_then(|h| h.as_str())
+        .filter(|h| !h.is_empty())
+        .unwrap_or("localhost")
+        .to_string();
+    let port: u16 = properties
+        .get("portNumber")
+        .and_then(|p| p.as_str())
+        .and_then(|p| p.parse().ok())
+        .context("document properties lack a valid portNumber")?;
+    let mux = multiplexed(&properties, &peer);
+    let chunk = peer.max_payload;
+    info!(%host, port, mux, chunk, client_version = %peer.version, "port session");
+
+    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let pump = spawn_sender(dc.sender(), out_rx);
+    let dest = Dest { host, port, chunk };
+    let result = if mux {
+        run_mux(&mut dc, &link, &dest, out_tx, &cancel).await
+    } else {
+        run_basic(&mut dc, &link, &dest, out_tx, &cancel).await
+    };
+    // The pump ends once every sender is gone; let it drain.
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, pump).await;
+    match result {
+        Ok(true) => {
+            dc.close().await;
+            return Ok(Outcome::Cancelled);
+        }
+        Ok(false) => {}
+        Err(e) => warn!(error = %format!("{e:#}"), "port session error"),
+    }
+    if !dc.flush(FLUSH_TIMEOUT).await {
+        debug!("not every frame was acked before terminating");
+    }
+    dc.send_unsequenced(
+        MessageType::AgentSessionState,
+        Bytes::from(serde_json::to_vec(&state(SessionState::Terminating))?),
+    )
+    .await?;
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(ev) = dc.recv().await {
+            match ev {
+                ChannelEvent::Disconnected(_) => break,
+                ChannelEvent::Proto(Event::Control(f)) if is_channel_closed(&f) => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    dc.close().await;
+    Ok(Outcome::Exited(0))
+}
+
+struct Dest {
+    host: String,
+    port: u16,
+    chunk: usize,
+}
+
+enum Internal {
+    /// Local TCP side of a stream finished (its FIN is already queued).
+    Closed(u32),
+}
+
+/// Returns Ok(true) when the session was cancelled (channel_closed / agent stop).
+async fn run_mux(
+    dc: &mut DataChannel,
+    link: &Link<'_>,
+    dest: &Dest,
+    out_tx: mpsc::Sender<Out>,
+    cancel: &CancellationToken,
+) -> Result<bool> {
+    let mut mux = Mux::new(MuxRole::Server);
+    let mut writers: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
+    let (int_tx, mut int_rx) = mpsc::channel::<Internal>(1024);
+    let read_size = dest
+        .chunk
+        .saturating_sub(smux::HEADER_LEN)
+        .clamp(512, smux::MAX_FRAME_SIZE);
+    let tasks = tokio_util::task::TaskTracker::new();
+    let outcome = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break true,
+            Some(Internal::Closed(sid)) = int_rx.recv() => {
+                mux.forget(sid);
+                writers.remove(&sid);
+            }
+            ev = dc.recv() => match ev {
+                None => bail!("data channel stopped"),
+                Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
+                    PayloadType::Output => {
+                        let events = match mux.receive(&payload) {
+                            Ok(e) => e,
+                            Err(e) => bail!("{e}"),
+                        };
+                        for e in events {
+                            match e {
+                                MuxEvent::Opened(sid) => {
+                                    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+                                    writers.insert(sid, tx);
+                                    tasks.spawn(stream_task(
+                                        sid,
+                                        dest.host.clone(),
+                                        dest.port,
+                                        read_size,
+                                        rx,
+                                        out_tx.clone(),
+                                        int_tx.clone(),
+                                    ));
+                                }
+                                MuxEvent::Data(sid, data) => {
+                                    if let Some(w) = writers.get(&sid) {
+                                        if w.send(data).await.is_err() {
+                                            writers.remove(&sid);
+                                        }
+                                    }
+                                }
+                                MuxEvent::Closed(sid) => {
+                                    writers.remove(&sid);
+                                }
+                            }
+                        }
+                        // Refusals of excess streams.
+                        if mux.has_output() {
+                            let _ = out_tx.send(Out::Output(mux.take_output())).await;
+                        }
+                    }
+                    PayloadType::Flag if parse_flag(&payload) == Some(FLAG_TERMINATE_SESSION) => {
+                        break false;
+                    }
+                    _ => {}
+                },
+                Some(ChannelEvent::Proto(Event::Control(frame))) => {
+                    if is_channel_closed(&frame) {
+                        break true;
+                    }
+                }
+                Some(ChannelEvent::Disconnected(why)) => {
+                    debug!(?why, "data channel dropped");
+                    link.reconnect(dc).await?;
+                }
+            },
+        }
+    };
+    writers.clear();
+    tasks.close();
+    if outcome {
+        tasks.wait().await;
+    } else {
+        let _ = tokio::time::timeout(Duration::from_millis(200), tasks.wait()).await;
+    }
+    Ok(outcome)
+}
+
+fn fin_frame(sid: u32) -> Bytes {
+    let mut b = BytesMut::with_capacity(smux::HEADER_LEN);
+    let _ = smux::encode(Cmd::Fin, sid, &[], &mut b);
+    b.freeze()
+}
+
+async fn stream_task(
+    sid: u32,
+    host: String,
+    port: u16,
+    read_size: usize,
+    mut rx: mpsc::Receiver<Bytes>,
+    out: mpsc::Sender<Out>,
+    internal: mpsc::Sender<Internal>,
+) {
+    let conn = match dial(&host, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(stream = sid, error = %format!("{e:#}"), "dial failed");
+            let _ = out.send(Out::Flag(FLAG_CONNECT_TO_PORT_ERROR)).await;
+            let _ = out.send(Out::Output(fin_frame(sid))).await;
+            let _ = internal.send(Internal::Closed(sid)).await;
+            return;
+        }
+    };
+    debug!(stream = sid, "stream connected");
+    let (mut rd, mut wr) = conn.into_split();
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut buf = vec![0u8; read_size];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut frame = BytesMut::with_capacity(smux::HEADER_LEN + n);
+                let data = buf.get(..n).unwrap_or(&[]);
+                if smux::encode(Cmd::Psh, sid, data, &mut frame).is_err() {
+                    break;
+                }
+                if out.send(Out::Output(frame.freeze())).await.is_err() {
+                    writer.abort();
+                    return;
+                }
+            }
+        }
+    }
+    let _ = out.send(Out::Output(fin_frame(sid))).await;
+    let _ = internal.send(Internal::Closed(sid)).await;
+    // The writer ends when the main loop drops its sender.
+    let _ = writer.await;
+}
+
+/// Basic mode: one TCP connection at a time. Returns Ok(true) when cancelled.
+async fn run_basic(
+    dc: &mut DataChannel,
+    link: &Link<'_>,
+    dest: &Dest,
+    out_tx: mpsc::Sender<Out>,
+    cancel: &CancellationToken,
+) -> Result<bool> {
+    struct Conn {
+        writer: mpsc::Sender<Bytes>,
+        reader: tokio::task::JoinHandle<()>,
+    }
+    let (eof_tx, mut eof_rx) = mpsc::channel::<u64>(4);
+    let mut generation = 0u64;
+    let read_size = dest.chunk.max(512);
+    let connect = |generation: u64| {
+        let out_tx = out_tx.clone();
+        let eof_tx = eof_tx.clone();
+        async move {
+            let conn = dial(&dest.host, dest.port).await?;
+            let (mut rd, mut wr) = conn.into_split();
+            let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+            tokio::spawn(async move {
+                while let Some(b) = rx.recv().await {
+                    if wr.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = wr.shutdown().await;
+            });
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; read_size];
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or(&[]));
+                            if out_tx.send(Out::Output(data)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = eof_tx.send(generation).await;
+            });
+            Ok::<Conn, anyhow::Error>(Conn { writer: tx, reader })
+        }
+    };
+    let mut conn = match connect(generation).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "dial failed");
+            let _ = out_tx.send(Out::Flag(FLAG_CONNECT_TO_PORT_ERROR)).await;
+            return Ok(false);
+        }
+    };
+    let outcome = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break true,
+            Some(g) = eof_rx.recv() => {
+                if g == generation {
+                    debug!("destination closed the connection; ending the session");
+                    break false;
+                }
+            }
+            ev = dc.recv() => match ev {
+                None => bail!("data channel stopped"),
+                Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
+                    PayloadType::Output => {
+                        if conn.is_none() {
+                            generation += 1;
+                            match connect(generation).await {
+                                Ok(c) => conn = Some(c),
+                                Err(e) => {
+                                    warn!(error = %format!("{e:#}"), "redial failed");
+                                    let _ = out_tx.send(Out::Flag(FLAG_CONNECT_TO_PORT_ERROR)).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        if let Some(c) = &conn {
+                            if c.writer.send(payload).await.is_err() {
+                                debug!("destination write side closed");
+                            }
+                        }
+                    }
+                    PayloadType::Flag => match parse_flag(&payload) {
+                        Some(FLAG_DISCONNECT_TO_PORT) => {
+                            if let Some(c) = conn.take() {
+                                c.reader.abort();
+                            }
+                        }
+                        Some(FLAG_TERMINATE_SESSION) => break false,
+                        _ => {}
+                    },
+                    _ => {}
+                },
+                Some(ChannelEvent::Proto(Event::Control(frame))) => {
+                    if is_channel_closed(&frame) {
+                        break true;
+                    }
+                }
+                Some(ChannelEvent::Disconnected(why)) => {
+                    debug!(?why, "data channel dropped");
+                    link.reconnect(dc).await?;
+                }
+            },
+        }
+    };
+    if let Some(c) = conn.take() {
+        // Let the last bytes from the destination go out before stopping.
+        let _ = tokio::time::timeout(Duration::from_millis(100), async {
+            while !c.reader.is_finished() {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+        })
+        .await;
+        c.reader.abort();
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(version_at_least("1.2.700.0", "1.1.70"));
+        assert!(version_at_least("1.1.70.0", "1.1.70"));
+        assert!(!version_at_least("1.1.69.0", "1.1.70"));
+        assert!(!version_at_least("garbage", "1.1.70"));
+    }
+
+    #[test]
+    fn mux_decision() {
+        let props = serde_json::json!({"type": "LocalPortForwarding", "portNumber": "80"});
+        let old = Peer {
+            version: "1.0.0.0".into(),
+            airlock: false,
+            max_payload: 1024,
+        };
+        let new = Peer {
+            version: "1.2.0.0".into(),
+            ..old.clone()
+        };
+        let ours = Peer {
+            airlock: true,
+            ..old.clone()
+        };
+        assert!(!multiplexed(&props, &old));
+        assert!(multiplexed(&props, &new));
+        assert!(multiplexed(&props, &ours));
+        assert!(!multiplexed(
+            &serde_json::json!({"portNumber": "22"}),
+            &ours
+        ));
+    }
+
+    #[test]
+    fn forbidden_addresses() {
+        assert!(forbidden("169.254.169.254".parse().unwrap()));
+        assert!(forbidden("fd00:ec2::254".parse().unwrap()));
+        assert!(forbidden("::ffff:169.254.169.254".parse().unwrap()));
+        assert!(!forbidden("127.0.0.1".parse().unwrap()));
+        assert!(!forbidden("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn flags() {
+        assert_eq!(parse_flag(&flag_payload(3)), Some(3));
+        assert_eq!(parse_flag(&[0, 1]), None);
+    }
+}

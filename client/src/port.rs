@@ -1,0 +1,609 @@
+//! Port sessions on the client side (spec §5.1): a local TCP listener whose
+//! connections become smux streams (multiplexed), one connection at a time
+//! (basic), or stdin/stdout (the SSH document, `airlock ssh-proxy`).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_proto::handshake::{
+    Capabilities, HandshakeRequest, SessionTypeParameters, ACTION_AIRLOCK_CAPABILITIES,
+    ACTION_SESSION_TYPE,
+};
+use airlock_proto::reliable::{Config, Event};
+use airlock_proto::smux::{self, Cmd, Mux, MuxEvent, MuxRole};
+use airlock_proto::{MessageType, PayloadType, Role};
+use airlock_transport::datachannel::{ChannelEvent, DataChannel, DataSender};
+use airlock_transport::ws;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::error::ClientError;
+use crate::plugin::SessionInfo;
+use crate::session::open_message;
+
+pub const PORT_DOCUMENTS: &[&str] = &[
+    "AWS-StartPortForwardingSession",
+    "AWS-StartPortForwardingSessionToRemoteHost",
+    "AWS-StartSSHSession",
+];
+/// Payload size this client accepts for port sessions with an Airlock agent.
+pub const PORT_MAX_PAYLOAD: usize = 64 * 1024;
+const STOCK_PAYLOAD: usize = airlock_proto::frame::STOCK_PAYLOAD_SIZE;
+const OUT_QUEUE: usize = 256;
+const STREAM_QUEUE: usize = 64;
+const FLAG_DISCONNECT_TO_PORT: u32 = 1;
+const FLAG_TERMINATE_SESSION: u32 = 2;
+const FLAG_CONNECT_TO_PORT_ERROR: u32 = 3;
+pub const CONNECT_ERROR_MESSAGE: &str =
+    "Connection to destination port failed, check SSM Agent logs.";
+
+pub fn is_port_document(name: Option<&str>) -> bool {
+    name.is_some_and(|n| PORT_DOCUMENTS.contains(&n))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Multiplexed,
+    Basic,
+    Stdio,
+}
+
+pub struct PortOptions {
+    pub bind: String,
+    /// Force stdin/stdout mode (ssh-proxy).
+    pub stdio: bool,
+}
+
+fn parse_version(v: &str) -> Option<Vec<u64>> {
+    let parts: Option<Vec<u64>> = v.trim().split('.').map(|p| p.parse().ok()).collect();
+    parts
+        .filter(|p| !p.is_empty() && p.len() <= 4)
+        .map(|mut p| {
+            p.resize(4, 0);
+            p
+        })
+}
+
+/// Spec: agent version strictly greater than 3.0.196.0, unparsable → false.
+pub fn agent_supports_mux(version: &str) -> bool {
+    parse_version(version).is_some_and(|v| v > vec![3, 0, 196, 0])
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Negotiated {
+    pub mode: Mode,
+    pub properties: serde_json::Value,
+    pub chunk: usize,
+}
+
+pub fn negotiate(req: &HandshakeRequest, force_stdio: bool) -> Negotiated {
+    let properties = req
+        .requested_client_actions
+        .iter()
+        .find(|a| a.action_type == ACTION_SESSION_TYPE)
+        .and_then(|a| {
+            serde_json::from_value::<SessionTypeParameters>(a.action_parameters.clone()).ok()
+        })
+        .map(|p| p.properties)
+        .unwrap_or(serde_json::Value::Null);
+    let caps = req
+        .requested_client_actions
+        .iter()
+        .find(|a| a.action_type == ACTION_AIRLOCK_CAPABILITIES)
+        .and_then(|a| serde_json::from_value::<Capabilities>(a.action_parameters.clone()).ok());
+    let chunk = caps
+        .as_ref()
+        .map(|c| c.max_payload.clamp(STOCK_PAYLOAD, PORT_MAX_PAYLOAD))
+        .unwrap_or(STOCK_PAYLOAD);
+    let local_forward =
+        properties.get("type").and_then(|t| t.as_str()) == Some("LocalPortForwarding");
+    let mode = if force_stdio || !local_forward {
+        Mode::Stdio
+    } else if caps.is_some() || agent_supports_mux(&req.agent_version) {
+        Mode::Multiplexed
+    } else {
+        Mode::Basic
+    };
+    Negotiated {
+        mode,
+        properties,
+        chunk,
+    }
+}
+
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn flag(f: u32) -> Bytes {
+    Bytes::copy_from_slice(&f.to_be_bytes())
+}
+
+fn parse_flag(p: &[u8]) -> Option<u32> {
+    let b: [u8; 4] = p.get(..4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
+}
+
+enum Out {
+    Data(Bytes),
+    Flag(u32),
+}
+
+fn spawn_sender(sender: DataSender, mut rx: mpsc::Receiver<Out>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(o) = rx.recv().await {
+            let r = match o {
+                Out::Data(b) => sender.send(PayloadType::Output, b).await,
+                Out::Flag(f) => sender.send(PayloadType::Flag, flag(f)).await,
+            };
+            if let Err(e) = r {
+                tracing::debug!("send failed: {e}");
+                return;
+            }
+        }
+    })
+}
+
+/// Waits for the agent's HandshakeRequest, answers it and returns the mode.
+async fn handshake(dc: &mut DataChannel, force_stdio: bool) -> Result<Negotiated, ClientError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, dc.recv())
+            .await
+            .map_err(|_| ClientError::Transport("no handshake from the agent".into()))?;
+        match ev {
+            None => return Err(ClientError::Transport("data channel stopped".into())),
+            Some(ChannelEvent::Proto(Event::Data {
+                payload_type: PayloadType::HandshakeRequest,
+                payload,
+            })) => {
+                let req: HandshakeRequest = serde_json::from_slice(&payload)
+                    .map_err(|e| ClientError::BadResponse(format!("handshake request: {e}")))?;
+                let mut out = crate::handshake::respond(&req);
+                for a in &mut out.response.processed_client_actions {
+                    if a.action_type == ACTION_AIRLOCK_CAPABILITIES {
+                        if let Some(obj) = a.action_result.as_object_mut() {
+                            obj.insert("MaxPayload".into(), PORT_MAX_PAYLOAD.into());
+                        }
+                    }
+                }
+                let body = serde_json::to_vec(&out.response).unwrap_or_default();
+                dc.send(PayloadType::HandshakeResponse, Bytes::from(body))
+                    .await
+                    .map_err(|e| ClientError::Transport(e.to_string()))?;
+                return Ok(negotiate(&req, force_stdio));
+            }
+            Some(ChannelEvent::Proto(Event::Control(f)))
+                if f.message_type == MessageType::ChannelClosed =>
+            {
+                return Err(ClientError::Transport(
+                    "session closed before the handshake".into(),
+                ));
+            }
+            Some(ChannelEvent::Disconnected(why)) => {
+                return Err(ClientError::Transport(format!(
+                    "data channel lost: {why:?}"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Runs a port session to its end; returns the exit status (0 on normal ends).
+pub async fn run(
+    info: SessionInfo,
+    tls: Arc<rustls::ClientConfig>,
+    opts: PortOptions,
+) -> Result<i32, ClientError> {
+    let ws = ws::connect(&info.stream_url, tls)
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+    let mut dc = DataChannel::spawn(
+        ws,
+        open_message(&info.token_value),
+        Role::Client,
+        Config::default(),
+    );
+    // Registered before "Port N opened" is printed, so a Ctrl-C right after
+    // the ready line is never lost to the default handler.
+    let interrupted = Arc::new(tokio::sync::Notify::new());
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    {
+        let interrupted = interrupted.clone();
+        tokio::spawn(async move {
+            if sigint.recv().await.is_some() {
+                interrupted.notify_one();
+            }
+        });
+    }
+    let neg = handshake(&mut dc, opts.stdio).await?;
+    tracing::debug!(mode = ?neg.mode, chunk = neg.chunk, "port session");
+    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let pump = spawn_sender(dc.sender(), out_rx);
+    let result = match neg.mode {
+        Mode::Stdio => run_stdio(&mut dc, &neg, out_tx.clone(), &interrupted).await,
+        Mode::Multiplexed | Mode::Basic => {
+            let local = neg
+                .properties
+                .get("localPortNumber")
+                .and_then(|p| p.as_str())
+                .and_then(|p| p.parse::<u16>().ok())
+                .unwrap_or(0);
+            let listener = TcpListener::bind((opts.bind.as_str(), local))
+                .await
+                .map_err(|e| {
+                    ClientError::Usage(format!("cannot listen on {}:{local}: {e}", opts.bind))
+                })?;
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(local);
+            say(&format!(
+                "Port {port} opened for sessionId {}.\nWaiting for connections...\n",
+                info.session_id
+            ));
+            if neg.mode == Mode::Multiplexed {
+                run_mux(&mut dc, &neg, listener, out_tx.clone(), &interrupted).await
+            } else {
+                run_basic(&mut dc, &neg, listener, out_tx.clone(), &interrupted).await
+            }
+        }
+    };
+    if let Ok(End::Interrupted) = result {
+        let _ = out_tx.send(Out::Flag(FLAG_TERMINATE_SESSION)).await;
+    }
+    drop(out_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+    let _ = dc.flush(Duration::from_secs(1)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), dc.close()).await;
+    match result {
+        Ok(End::Closed(msg)) => {
+            eprint!("{msg}");
+            Ok(0)
+        }
+        Ok(End::Interrupted) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+enum End {
+    Closed(String),
+    Interrupted,
+}
+
+fn closed_message(frame: &airlock_proto::Frame) -> String {
+    let output = serde_json::from_slice::<serde_json::Value>(&frame.payload)
+        .ok()
+        .and_then(|v| v.get("Output").and_then(|o| o.as_str()).map(String::from))
+        .filter(|o| !o.is_empty());
+    let id = serde_json::from_slice::<serde_json::Value>(&frame.payload)
+        .ok()
+        .and_then(|v| {
+            v.get("SessionId")
+                .and_then(|o| o.as_str())
+                .map(String::from)
+        })
+        .unwrap_or_default();
+    match output {
+        Some(o) => format!("\n\nSessionId: {id} : {o}\n\n"),
+        None => format!("\n\nExiting session with sessionId: {id}.\n\n"),
+    }
+}
+
+/// What the main loops do with data-channel events common to every mode.
+enum Common {
+    Data(PayloadType, Bytes),
+    End(Result<End, ClientError>),
+    Nothing,
+}
+
+fn common(ev: Option<ChannelEvent>) -> Common {
+    match ev {
+        None => Common::End(Err(ClientError::Transport(
+            "data channel stopped unexpectedly".into(),
+        ))),
+        Some(ChannelEvent::Proto(Event::Data {
+            payload_type,
+            payload,
+        })) => {
+            if payload_type == PayloadType::Flag
+                && parse_flag(&payload) == Some(FLAG_CONNECT_TO_PORT_ERROR)
+            {
+                say(&format!("{CONNECT_ERROR_MESSAGE}\n"));
+                return Common::Nothing;
+            }
+            Common::Data(payload_type, payload)
+        }
+        Some(ChannelEvent::Proto(Event::Control(f)))
+            if f.message_type == MessageType::ChannelClosed =>
+        {
+            Common::End(Ok(End::Closed(closed_message(&f))))
+        }
+        Some(ChannelEvent::Proto(Event::Control(_))) => Common::Nothing,
+        Some(ChannelEvent::Disconnected(why)) => Common::End(Err(ClientError::Transport(format!(
+            "lost the connection to the session: {why:?}"
+        )))),
+    }
+}
+
+/// Copies `rd` into `out` as Output payloads of ≤ `read_size` bytes, each
+/// wrapped by `wrap`. Returns when `rd` ends.
+async fn pump_reader<R: AsyncRead + Unpin>(
+    mut rd: R,
+    read_size: usize,
+    out: &mpsc::Sender<Out>,
+    wrap: impl Fn(&[u8]) -> Option<Bytes>,
+) -> bool {
+    let mut buf = vec![0u8; read_size];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(n) => {
+                let Some(b) = wrap(buf.get(..n).unwrap_or(&[])) else {
+                    return true;
+                };
+                if out.send(Out::Data(b)).await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {
+    tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                return;
+            }
+            let _ = wr.flush().await;
+        }
+        let _ = wr.shutdown().await;
+    });
+}
+
+fn frame(cmd: Cmd, sid: u32, data: &[u8]) -> Option<Bytes> {
+    let mut b = BytesMut::with_capacity(smux::HEADER_LEN + data.len());
+    smux::encode(cmd, sid, data, &mut b).ok()?;
+    Some(b.freeze())
+}
+
+async fn run_mux(
+    dc: &mut DataChannel,
+    neg: &Negotiated,
+    listener: TcpListener,
+    out: mpsc::Sender<Out>,
+    interrupted: &tokio::sync::Notify,
+) -> Result<End, ClientError> {
+    let mut mux = Mux::new(MuxRole::Client);
+    let mut writers: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
+    let (closed_tx, mut closed_rx) = mpsc::channel::<u32>(1024);
+    let read_size = neg
+        .chunk
+        .saturating_sub(smux::HEADER_LEN)
+        .clamp(512, smux::MAX_FRAME_SIZE);
+    loop {
+        tokio::select! {
+            _ = interrupted.notified() => return Ok(End::Interrupted),
+            accepted = listener.accept() => {
+                let (conn, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => { tracing::debug!("accept: {e}"); continue; }
+                };
+                let _ = conn.set_nodelay(true);
+                let sid = match mux.open() {
+                    Ok(s) => s,
+                    Err(e) => { tracing::warn!("refusing {peer}: {e}"); continue; }
+                };
+                // The SYN goes out before any of the stream's data.
+                if out.send(Out::Data(mux.take_output())).await.is_err() {
+                    return Err(ClientError::Transport("data channel stopped".into()));
+                }
+                tracing::debug!(stream = sid, %peer, "new connection");
+                let (rd, wr) = conn.into_split();
+                let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+                writers.insert(sid, tx);
+                spawn_writer(wr, rx);
+                let out = out.clone();
+                let closed = closed_tx.clone();
+                tokio::spawn(async move {
+                    if pump_reader(rd, read_size, &out, |d| frame(Cmd::Psh, sid, d)).await {
+                        if let Some(f) = frame(Cmd::Fin, sid, &[]) {
+                            let _ = out.send(Out::Data(f)).await;
+                        }
+                    }
+                    let _ = closed.send(sid).await;
+                });
+            }
+            Some(sid) = closed_rx.recv() => {
+                mux.forget(sid);
+                writers.remove(&sid);
+            }
+            ev = dc.recv() => match common(ev) {
+                Common::End(r) => return r,
+                Common::Nothing => {}
+                Common::Data(PayloadType::Output, payload) => {
+                    let events = mux
+                        .receive(&payload)
+                        .map_err(|e| ClientError::Transport(e.to_string()))?;
+                    for e in events {
+                        match e {
+                            MuxEvent::Data(sid, d) => {
+                                if let Some(w) = writers.get(&sid) {
+                                    if w.send(d).await.is_err() {
+                                        writers.remove(&sid);
+                                    }
+                                }
+                            }
+                            MuxEvent::Closed(sid) => {
+                                writers.remove(&sid);
+                            }
+                            MuxEvent::Opened(_) => {}
+                        }
+                    }
+                }
+                Common::Data(_, _) => {}
+            },
+        }
+    }
+}
+
+async fn run_basic(
+    dc: &mut DataChannel,
+    neg: &Negotiated,
+    listener: TcpListener,
+    out: mpsc::Sender<Out>,
+    interrupted: &tokio::sync::Notify,
+) -> Result<End, ClientError> {
+    let (closed_tx, mut closed_rx) = mpsc::channel::<u64>(4);
+    let mut writer: Option<mpsc::Sender<Bytes>> = None;
+    let mut generation = 0u64;
+    let read_size = neg.chunk;
+    loop {
+        tokio::select! {
+            _ = interrupted.notified() => return Ok(End::Interrupted),
+            accepted = listener.accept(), if writer.is_none() => {
+                let Ok((conn, _)) = accepted else { continue };
+                generation += 1;
+                let (rd, wr) = conn.into_split();
+                let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+                writer = Some(tx);
+                spawn_writer(wr, rx);
+                let out = out.clone();
+                let closed = closed_tx.clone();
+                let g = generation;
+                tokio::spawn(async move {
+                    pump_reader(rd, read_size, &out, |d| Some(Bytes::copy_from_slice(d))).await;
+                    let _ = closed.send(g).await;
+                });
+            }
+            Some(g) = closed_rx.recv() => {
+                if g == generation {
+                    writer = None;
+                    let _ = out.send(Out::Flag(FLAG_DISCONNECT_TO_PORT)).await;
+                }
+            }
+            // Data is held (not acked) until a connection is accepted.
+            ev = dc.recv(), if writer.is_some() => match common(ev) {
+                Common::End(r) => return r,
+                Common::Nothing => {}
+                Common::Data(PayloadType::Output, payload) => {
+                    if let Some(w) = &writer {
+                        if w.send(payload).await.is_err() {
+                            writer = None;
+                        }
+                    }
+                }
+                Common::Data(_, _) => {}
+            },
+        }
+    }
+}
+
+async fn run_stdio(
+    dc: &mut DataChannel,
+    neg: &Negotiated,
+    out: mpsc::Sender<Out>,
+    interrupted: &tokio::sync::Notify,
+) -> Result<End, ClientError> {
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    spawn_writer(tokio::io::stdout(), rx);
+    let read_size = neg.chunk;
+    let (eof_tx, mut eof_rx) = mpsc::channel::<()>(1);
+    let stdin_out = out.clone();
+    tokio::spawn(async move {
+        pump_reader(tokio::io::stdin(), read_size, &stdin_out, |d| {
+            Some(Bytes::copy_from_slice(d))
+        })
+        .await;
+        let _ = eof_tx.send(()).await;
+    });
+    loop {
+        tokio::select! {
+            _ = interrupted.notified() => return Ok(End::Interrupted),
+            Some(()) = eof_rx.recv() => {
+                // Stdin closed: the local side is done; end the session.
+                return Ok(End::Interrupted);
+            }
+            ev = dc.recv() => match common(ev) {
+                Common::End(r) => {
+                    drop(tx);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return r;
+                }
+                Common::Nothing => {}
+                Common::Data(PayloadType::Output, payload) => {
+                    if tx.send(payload).await.is_err() {
+                        return Ok(End::Interrupted);
+                    }
+                }
+                Common::Data(_, _) => {}
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_proto::handshake::RequestedClientAction;
+
+    fn req(version: &str, props: serde_json::Value, caps: bool) -> HandshakeRequest {
+        let mut actions = vec![RequestedClientAction {
+            action_type: ACTION_SESSION_TYPE.into(),
+            action_parameters: serde_json::json!({"SessionType": "Port", "Properties": props}),
+        }];
+        if caps {
+            actions.push(RequestedClientAction {
+                action_type: ACTION_AIRLOCK_CAPABILITIES.into(),
+                action_parameters: serde_json::json!({"Features": [], "MaxPayload": 65536}),
+            });
+        }
+        HandshakeRequest {
+            agent_version: version.into(),
+            requested_client_actions: actions,
+        }
+    }
+
+    #[test]
+    fn mode_rules() {
+        let lpf = serde_json::json!({"type": "LocalPortForwarding", "portNumber": "80"});
+        assert_eq!(
+            negotiate(&req("3.0.196.0", lpf.clone(), false), false).mode,
+            Mode::Basic
+        );
+        assert_eq!(
+            negotiate(&req("3.0.197.0", lpf.clone(), false), false).mode,
+            Mode::Multiplexed
+        );
+        assert_eq!(
+            negotiate(&req("0.1.0", lpf.clone(), true), false).mode,
+            Mode::Multiplexed
+        );
+        assert_eq!(
+            negotiate(&req("0.1.0", lpf.clone(), true), false).chunk,
+            65536
+        );
+        assert_eq!(
+            negotiate(&req("3.3.0.0", lpf.clone(), false), false).chunk,
+            1024
+        );
+        assert_eq!(
+            negotiate(&req("3.3.0.0", lpf, false), true).mode,
+            Mode::Stdio
+        );
+        assert_eq!(
+            negotiate(
+                &req("3.3.0.0", serde_json::json!({"portNumber": "22"}), false),
+                false
+            )
+            .mode,
+            Mode::Stdio
+        );
+        assert!(!agent_supports_mux("bogus"));
+    }
+}

@@ -1,0 +1,222 @@
+//! Session lifecycle policy: which live sessions must end now (timeouts,
+//! stale clients, agents that never attached) and the reaper task that
+//! ends them. The decisions are pure functions of the relay's timestamps
+//! and the `[sessions]` config, so they are unit-tested without sockets.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::end_session_with;
+use crate::config::SessionsConfig;
+use crate::hub::Relay;
+use crate::server::AppState;
+use crate::util::now_ms;
+
+/// How often live sessions are checked against their deadlines.
+pub const REAP_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the store is scanned for sessions no gateway relays any more.
+const ORPHAN_SCAN_EVERY_MS: i64 = 5_000;
+
+/// Why a session must end: its final status, the message the client is
+/// shown (channel_closed Output) and the reason recorded in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: &'static str,
+    pub output: String,
+    pub reason: String,
+}
+
+/// `90` -> `1m30s`, `1200` -> `20m`, `7200` -> `2h`, `5` -> `5s`.
+pub fn human_secs(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// Timestamps of one live session, in wall-clock ms.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub created_ms: i64,
+    pub agent_attached: bool,
+    /// 0 while a client is attached.
+    pub client_detached_ms: i64,
+    pub last_activity_ms: i64,
+}
+
+impl Clock {
+    pub fn of(relay: &Relay) -> Clock {
+        Clock {
+            created_ms: relay.created_ms,
+            agent_attached: relay.agent_attached.load(Ordering::Relaxed),
+            client_detached_ms: relay.client_detached_ms.load(Ordering::Relaxed),
+            last_activity_ms: relay.last_activity_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn past(since_ms: i64, secs: u64, now: i64) -> bool {
+    now.saturating_sub(since_ms) >= (secs as i64).saturating_mul(1000)
+}
+
+/// The first deadline a session has passed, if any.
+pub fn verdict(cfg: &SessionsConfig, c: Clock, now: i64) -> Option<Verdict> {
+    if let Some(max) = cfg.max_session_duration_secs {
+        if past(c.created_ms, max, now) {
+            let h = human_secs(max);
+            return Some(Verdict {
+                status: "Terminated",
+                output: format!("Session reached its maximum duration of {h}"),
+                reason: format!("maximum session duration of {h} reached"),
+            });
+        }
+    }
+    if !c.agent_attached && past(c.created_ms, cfg.agent_attach_timeout_secs, now) {
+        let h = human_secs(cfg.agent_attach_timeout_secs);
+        return Some(Verdict {
+            status: "Failed",
+            output: format!("The agent did not open the session's data channel within {h}"),
+            reason: format!("agent did not attach its data channel within {h}"),
+        });
+    }
+    if c.client_detached_ms > 0 && past(c.client_detached_ms, cfg.resume_window_secs, now) {
+        let h = human_secs(cfg.resume_window_secs);
+        return Some(Verdict {
+            status: "Terminated",
+            output: format!("Session was not resumed within {h}"),
+            reason: format!("client disconnected and did not resume within {h}"),
+        });
+    }
+    if past(c.last_activity_ms, cfg.idle_timeout_secs, now) {
+        return Some(Verdict {
+            status: "Terminated",
+            output: "Session idle timeout reached".into(),
+            reason: format!("idle timeout after {}", human_secs(cfg.idle_timeout_secs)),
+        });
+    }
+    None
+}
+
+/// Ends every live session past a deadline; every `ORPHAN_SCAN_EVERY_MS`
+/// also ends stored sessions that no relay of this gateway holds and that
+/// have not changed state for a resume window (e.g. after a restart).
+pub async fn reap_once(state: &AppState, now: i64, scan_orphans: bool) {
+    let cfg = &state.config.sessions;
+    for relay in state.hub.relays() {
+        if let Some(v) = verdict(cfg, Clock::of(&relay), now) {
+            relay.span.in_scope(
+                || tracing::info!(status = v.status, reason = %v.reason, "reaping session"),
+            );
+            end_session_with(state, &relay.session_id, v.status, &v.output, &v.reason).await;
+        }
+    }
+    if !scan_orphans {
+        return;
+    }
+    let before = now - (cfg.resume_window_secs as i64).saturating_mul(1000);
+    match state.store.stale_sessions(before).await {
+        Ok(ids) => {
+            for id in ids.into_iter().filter(|id| state.hub.relay(id).is_none()) {
+                tracing::info!(session_id = %id, "reaping orphaned session");
+                let reason = format!(
+                    "no gateway relayed the session for {}",
+                    human_secs(cfg.resume_window_secs)
+                );
+                end_session_with(state, &id, "Terminated", &reason, &reason).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "orphan scan failed"),
+    }
+}
+
+/// Runs [`reap_once`] every [`REAP_INTERVAL`] until `shutdown`.
+pub async fn run_reaper(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(REAP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_scan = i64::MIN;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        let scan = now.saturating_sub(last_scan) >= ORPHAN_SCAN_EVERY_MS;
+        if scan {
+            last_scan = now;
+        }
+        reap_once(&state, now, scan).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock() -> Clock {
+        Clock {
+            created_ms: 1_000_000,
+            agent_attached: true,
+            client_detached_ms: 0,
+            last_activity_ms: 1_000_000,
+        }
+    }
+
+    #[test]
+    fn human() {
+        assert_eq!(human_secs(1200), "20m");
+        assert_eq!(human_secs(90), "1m30s");
+        assert_eq!(human_secs(7200), "2h");
+        assert_eq!(human_secs(0), "0s");
+    }
+
+    #[test]
+    fn idle_timeout() {
+        let cfg = SessionsConfig::default();
+        assert_eq!(verdict(&cfg, clock(), 1_000_000 + 1_199_999), None);
+        let v = verdict(&cfg, clock(), 1_000_000 + 1_200_000).unwrap();
+        assert_eq!(v.status, "Terminated");
+        assert_eq!(v.reason, "idle timeout after 20m");
+        assert_eq!(v.output, "Session idle timeout reached");
+    }
+
+    #[test]
+    fn resume_window_and_attach_timeout() {
+        let cfg = SessionsConfig::default();
+        let mut c = clock();
+        c.client_detached_ms = 1_000_000;
+        assert_eq!(verdict(&cfg, c, 1_000_000 + 119_000), None);
+        assert!(verdict(&cfg, c, 1_000_000 + 120_000)
+            .unwrap()
+            .reason
+            .contains("did not resume within 2m"));
+        let mut c = clock();
+        c.agent_attached = false;
+        assert_eq!(verdict(&cfg, c, 1_000_000 + 29_000), None);
+        assert_eq!(
+            verdict(&cfg, c, 1_000_000 + 30_000).unwrap().status,
+            "Failed"
+        );
+    }
+
+    #[test]
+    fn max_duration_off_by_default() {
+        let mut cfg = SessionsConfig::default();
+        let mut c = clock();
+        c.last_activity_ms = 1_000_000 + 10_000_000;
+        assert_eq!(verdict(&cfg, c, 1_000_000 + 10_000_000), None);
+        cfg.max_session_duration_secs = Some(60);
+        let v = verdict(&cfg, c, 1_000_000 + 60_000).unwrap();
+        assert!(v.output.contains("maximum duration of 1m"), "{v:?}");
+    }
+}

@@ -1,0 +1,408 @@
+//! xtaci/smux protocol v1 (spec §5.1), sans-IO: an 8-byte little-endian
+//! header `ver:u8 | cmd:u8 | len:u16 | sid:u32` followed by `len` bytes.
+//!
+//! [`Decoder`] takes the byte stream in arbitrary chunks and yields frames;
+//! [`Mux`] tracks streams for either role and turns frames into events and
+//! calls into bytes to send. The data itself is not buffered per stream here:
+//! every event is handed to the caller at once, and the caller's per-stream
+//! queues are bounded (backpressure then travels back over the data channel).
+
+use std::collections::BTreeSet;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 8;
+/// smux default MaxFrameSize: the largest PSH payload we write.
+pub const MAX_FRAME_SIZE: usize = 32768;
+/// Default cap on bytes buffered by a decoder that the caller has not
+/// drained: a whole frame plus a header, with slack for one input chunk.
+pub const DEFAULT_MAX_BUFFERED: usize = 4 * 1024 * 1024;
+/// Default cap on simultaneously open streams.
+pub const DEFAULT_MAX_STREAMS: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cmd {
+    Syn = 0,
+    Fin = 1,
+    Psh = 2,
+    Nop = 3,
+}
+
+impl Cmd {
+    fn from_u8(v: u8) -> Option<Cmd> {
+        match v {
+            0 => Some(Cmd::Syn),
+            1 => Some(Cmd::Fin),
+            2 => Some(Cmd::Psh),
+            3 => Some(Cmd::Nop),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmuxFrame {
+    pub cmd: Cmd,
+    pub sid: u32,
+    pub data: Bytes,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SmuxError {
+    #[error("smux: unsupported protocol version {0}")]
+    Version(u8),
+    #[error("smux: unknown command {0}")]
+    Command(u8),
+    #[error("smux: {0} bytes buffered exceeds the limit")]
+    Overflow(usize),
+    #[error("smux: frame data of {0} bytes is too large")]
+    TooLarge(usize),
+    #[error("smux: too many open streams")]
+    TooManyStreams,
+    #[error("smux: stream {0} is not open")]
+    NotOpen(u32),
+    #[error("smux: only the client role opens streams")]
+    WrongRole,
+}
+
+/// Appends one frame to `out`. `data` must fit in a u16.
+pub fn encode(cmd: Cmd, sid: u32, data: &[u8], out: &mut BytesMut) -> Result<(), SmuxError> {
+    let len = u16::try_from(data.len()).map_err(|_| SmuxError::TooLarge(data.len()))?;
+    out.reserve(HEADER_LEN + data.len());
+    out.put_u8(VERSION);
+    out.put_u8(cmd as u8);
+    out.put_u16_le(len);
+    out.put_u32_le(sid);
+    out.put_slice(data);
+    Ok(())
+}
+
+/// Incremental frame decoder over an arbitrarily chunked byte stream.
+#[derive(Debug)]
+pub struct Decoder {
+    buf: BytesMut,
+    max_buffered: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(DEFAULT_MAX_BUFFERED)
+    }
+}
+
+impl Decoder {
+    pub fn new(max_buffered: usize) -> Self {
+        Decoder {
+            buf: BytesMut::new(),
+            max_buffered: max_buffered.max(HEADER_LEN + usize::from(u16::MAX)),
+        }
+    }
+
+    /// Adds received bytes. Fails (without buffering) when the caller lets
+    /// more than the limit pile up without calling [`Decoder::next_frame`].
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), SmuxError> {
+        let total = self.buf.len().saturating_add(chunk.len());
+        if total > self.max_buffered {
+            return Err(SmuxError::Overflow(total));
+        }
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete frame, if any.
+    pub fn next_frame(&mut self) -> Result<Option<SmuxFrame>, SmuxError> {
+        let Some(header) = self.buf.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let mut h = header;
+        let ver = h.get_u8();
+        let cmd = h.get_u8();
+        let len = usize::from(h.get_u16_le());
+        let sid = h.get_u32_le();
+        if ver != VERSION {
+            return Err(SmuxError::Version(ver));
+        }
+        let cmd = Cmd::from_u8(cmd).ok_or(SmuxError::Command(cmd))?;
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        self.buf.advance(HEADER_LEN);
+        let data = self.buf.split_to(len).freeze();
+        Ok(Some(SmuxFrame { cmd, sid, data }))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MuxRole {
+    /// Opens odd stream ids 3, 5, 7, ... (the plugin / airlock client).
+    Client,
+    /// Accepts streams (the agent).
+    Server,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MuxEvent {
+    /// The peer opened a stream (server role).
+    Opened(u32),
+    Data(u32, Bytes),
+    /// The peer closed its side of the stream; the stream is forgotten.
+    Closed(u32),
+}
+
+/// Stream bookkeeping for one smux session.
+#[derive(Debug)]
+pub struct Mux {
+    role: MuxRole,
+    next_id: u32,
+    decoder: Decoder,
+    open: BTreeSet<u32>,
+    max_streams: usize,
+    out: BytesMut,
+}
+
+impl Mux {
+    pub fn new(role: MuxRole) -> Self {
+        Mux {
+            role,
+            next_id: 3,
+            decoder: Decoder::default(),
+            open: BTreeSet::new(),
+            max_streams: DEFAULT_MAX_STREAMS,
+            out: BytesMut::new(),
+        }
+    }
+
+    pub fn with_max_streams(mut self, max: usize) -> Self {
+        self.max_streams = max;
+        self
+    }
+
+    pub fn is_open(&self, sid: u32) -> bool {
+        self.open.contains(&sid)
+    }
+
+    pub fn open_streams(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Client role: allocates the next odd id and queues its SYN.
+    pub fn open(&mut self) -> Result<u32, SmuxError> {
+        if self.role != MuxRole::Client {
+            return Err(SmuxError::WrongRole);
+        }
+        if self.open.len() >= self.max_streams {
+            return Err(SmuxError::TooManyStreams);
+        }
+        let mut sid = self.next_id;
+        while self.open.contains(&sid) {
+            sid = sid.wrapping_add(2);
+        }
+        self.next_id = sid.wrapping_add(2).max(3);
+        encode(Cmd::Syn, sid, &[], &mut self.out)?;
+        self.open.insert(sid);
+        Ok(sid)
+    }
+
+    /// Queues `data` on an open stream as PSH frames of ≤ MAX_FRAME_SIZE.
+    pub fn write(&mut self, sid: u32, data: &[u8]) -> Result<(), SmuxError> {
+        if !self.open.contains(&sid) {
+            return Err(SmuxError::NotOpen(sid));
+        }
+        for chunk in data.chunks(MAX_FRAME_SIZE) {
+            encode(Cmd::Psh, sid, chunk, &mut self.out)?;
+        }
+        Ok(())
+    }
+
+    /// Queues a FIN for our side and forgets the stream. Idempotent.
+    pub fn close(&mut self, sid: u32) {
+        if self.open.remove(&sid) {
+            // An empty payload always encodes.
+            let _ = encode(Cmd::Fin, sid, &[], &mut self.out);
+        }
+    }
+
+    /// Forgets a stream without sending anything (its FIN was written by
+    /// someone else, e.g. an I/O task encoding frames itself).
+    pub fn forget(&mut self, sid: u32) {
+        self.open.remove(&sid);
+    }
+
+    /// Feeds received bytes; returns the events they complete.
+    pub fn receive(&mut self, chunk: &[u8]) -> Result<Vec<MuxEvent>, SmuxError> {
+        self.decoder.push(chunk)?;
+        let mut events = Vec::new();
+        while let Some(f) = self.decoder.next_frame()? {
+            match f.cmd {
+                Cmd::Syn => {
+                    if self.role == MuxRole::Server && !self.open.contains(&f.sid) {
+                        if self.open.len() >= self.max_streams {
+                            let _ = encode(Cmd::Fin, f.sid, &[], &mut self.out);
+                            continue;
+                        }
+                        self.open.insert(f.sid);
+                        events.push(MuxEvent::Opened(f.sid));
+                    }
+                }
+                Cmd::Psh => {
+                    if self.open.contains(&f.sid) && !f.data.is_empty() {
+                        events.push(MuxEvent::Data(f.sid, f.data));
+                    }
+                }
+                Cmd::Fin => {
+                    if self.open.remove(&f.sid) {
+                        events.push(MuxEvent::Closed(f.sid));
+                    }
+                }
+                Cmd::Nop => {}
+            }
+        }
+        Ok(events)
+    }
+
+    /// Bytes queued for the peer since the last call.
+    pub fn take_output(&mut self) -> Bytes {
+        self.out.split().freeze()
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn header_layout() {
+        let mut out = BytesMut::new();
+        encode(Cmd::Psh, 3, b"hi", &mut out).unwrap();
+        assert_eq!(&out[..], &[1, 2, 2, 0, 3, 0, 0, 0, b'h', b'i']);
+    }
+
+    #[test]
+    fn rejects_bad_version_and_cmd() {
+        let mut d = Decoder::default();
+        d.push(&[2, 0, 0, 0, 1, 0, 0, 0]).unwrap();
+        assert_eq!(d.next_frame(), Err(SmuxError::Version(2)));
+        let mut d = Decoder::default();
+        d.push(&[1, 9, 0, 0, 1, 0, 0, 0]).unwrap();
+        assert_eq!(d.next_frame(), Err(SmuxError::Command(9)));
+    }
+
+    #[test]
+    fn decoder_is_bounded() {
+        let mut d = Decoder::new(0);
+        let big = vec![0u8; HEADER_LEN + 65535 + 1];
+        assert!(matches!(d.push(&big), Err(SmuxError::Overflow(_))));
+    }
+
+    #[test]
+    fn too_large_frame() {
+        let mut out = BytesMut::new();
+        assert_eq!(
+            encode(Cmd::Psh, 1, &vec![0; 70000], &mut out),
+            Err(SmuxError::TooLarge(70000))
+        );
+    }
+
+    #[test]
+    fn client_server_conversation() {
+        let mut c = Mux::new(MuxRole::Client);
+        let mut s = Mux::new(MuxRole::Server);
+        assert_eq!(s.open(), Err(SmuxError::WrongRole));
+        let a = c.open().unwrap();
+        let b = c.open().unwrap();
+        assert_eq!((a, b), (3, 5));
+        c.write(a, &vec![7u8; 70000]).unwrap();
+        c.close(b);
+        let ev = s.receive(&c.take_output()).unwrap();
+        assert_eq!(ev[0], MuxEvent::Opened(3));
+        assert_eq!(ev[1], MuxEvent::Opened(5));
+        let total: usize = ev
+            .iter()
+            .filter_map(|e| match e {
+                MuxEvent::Data(3, d) => Some(d.len()),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(total, 70000);
+        assert_eq!(ev.last(), Some(&MuxEvent::Closed(5)));
+        s.write(3, b"pong").unwrap();
+        s.close(3);
+        let ev = c.receive(&s.take_output()).unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                MuxEvent::Data(3, Bytes::from_static(b"pong")),
+                MuxEvent::Closed(3)
+            ]
+        );
+        assert_eq!(c.open_streams(), 0);
+        assert!(c.write(3, b"x").is_err());
+    }
+
+    #[test]
+    fn stream_limit() {
+        let mut s = Mux::new(MuxRole::Server).with_max_streams(1);
+        let mut out = BytesMut::new();
+        encode(Cmd::Syn, 3, &[], &mut out).unwrap();
+        encode(Cmd::Syn, 5, &[], &mut out).unwrap();
+        let ev = s.receive(&out).unwrap();
+        assert_eq!(ev, vec![MuxEvent::Opened(3)]);
+        // The second stream is refused with a FIN.
+        assert_eq!(&s.take_output()[..], &[1, 1, 0, 0, 5, 0, 0, 0]);
+    }
+
+    fn arb_frame() -> impl Strategy<Value = (u8, u32, Vec<u8>)> {
+        (
+            0u8..4,
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_arbitrary_chunking(
+            frames in proptest::collection::vec(arb_frame(), 0..20),
+            cuts in proptest::collection::vec(1usize..64, 1..50),
+        ) {
+            let mut wire = BytesMut::new();
+            let mut expect = Vec::new();
+            for (c, sid, data) in &frames {
+                let cmd = Cmd::from_u8(*c).unwrap();
+                encode(cmd, *sid, data, &mut wire).unwrap();
+                expect.push(SmuxFrame { cmd, sid: *sid, data: Bytes::from(data.clone()) });
+            }
+            let mut d = Decoder::default();
+            let mut got = Vec::new();
+            let mut rest = &wire[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                i += 1;
+                d.push(&rest[..n]).unwrap();
+                rest = &rest[n..];
+                while let Some(f) = d.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            prop_assert_eq!(got, expect);
+            prop_assert_eq!(d.buffered(), 0);
+        }
+
+        #[test]
+        fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let mut m = Mux::new(MuxRole::Server);
+            let _ = m.receive(&bytes);
+        }
+    }
+}
