@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod documents;
 pub mod error;
