@@ -32,6 +32,7 @@ pub struct AppState {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub hub: Hub,
+    pub kms: crate::kms_api::Kms,
     /// Root of every session's cancellation token.
     pub sessions_cancel: CancellationToken,
     pub tracker: TaskTracker,
@@ -79,6 +80,12 @@ impl Gateway {
         let root_key = load_root_key(&dir.join("root.key"))?;
         let store = SqliteStore::open(&dir.join("gateway.db"), &root_key)?;
         let store: Arc<dyn Store> = Arc::new(store);
+        let kms = crate::kms_api::Kms::open(
+            &dir.join("gateway.db"),
+            crate::kms_store::kms_root_key(&root_key)?,
+            &config.aws.region,
+            &config.aws.account_id,
+        )?;
 
         let admin = match store.access_key_for_principal("user/admin").await? {
             Some(k) => k,
@@ -109,6 +116,7 @@ impl Gateway {
             config,
             store,
             hub: Hub::new(),
+            kms,
             sessions_cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
@@ -344,7 +352,13 @@ async fn route_inner(state: Arc<AppState>, req: Request<Incoming>, secure: bool)
         body,
         secure,
     };
-    let result = if rr.path == "/" {
+    let result = if rr.path == "/"
+        && rr
+            .header("x-amz-target")
+            .is_some_and(|t| t.starts_with("TrentService."))
+    {
+        crate::kms_api::handle(&state, &rr).await
+    } else if rr.path == "/" {
         crate::api::ssm(&state, &rr).await
     } else if rr.path == "/airlock/v1/register" {
         crate::api::register(&state, &rr).await
