@@ -125,10 +125,13 @@ pub async fn ssm(state: &Arc<AppState>, req: &ReadRequest) -> ApiResult {
         "AddTagsToResource" => add_tags(state, req).await,
         "RemoveTagsFromResource" => remove_tags(state, req).await,
         "ListTagsForResource" => list_tags(state, req).await,
-        _ => Err(ApiError::new(
-            "UnknownOperationException",
-            format!("Unknown operation {op}."),
-        )),
+        _ => match crate::documents::api(state, req, &principal, op).await {
+            Some(r) => r,
+            None => Err(ApiError::new(
+                "UnknownOperationException",
+                format!("Unknown operation {op}."),
+            )),
+        },
     }
 }
 
@@ -422,7 +425,12 @@ async fn start_session(
     if let Some(reason) = &r.reason {
         check_len("Reason", reason, 1, 256)?;
     }
-    let resolved = crate::documents::resolve(r.document_name.as_deref(), r.parameters)?;
+    let resolved = crate::documents::resolve_for_session(
+        &state.documents,
+        r.document_name.as_deref(),
+        r.parameters,
+    )
+    .await?;
     let document = resolved.name.clone();
     let not_connected =
         || ApiError::new("TargetNotConnected", format!("{target} is not connected."));

@@ -33,6 +33,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub hub: Hub,
     pub kms: crate::kms_api::Kms,
+    pub documents: crate::documents::DocStore,
     /// Root of every session's cancellation token.
     pub sessions_cancel: CancellationToken,
     pub tracker: TaskTracker,
@@ -86,6 +87,7 @@ impl Gateway {
             &config.aws.region,
             &config.aws.account_id,
         )?;
+        let documents = crate::documents::DocStore::open(&dir.join("gateway.db"))?;
 
         let admin = match store.access_key_for_principal("user/admin").await? {
             Some(k) => k,
@@ -117,6 +119,7 @@ impl Gateway {
             store,
             hub: Hub::new(),
             kms,
+            documents,
             sessions_cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
