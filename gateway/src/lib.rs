@@ -9,13 +9,16 @@
 //! - [`ws`]: WebSocket upgrade plus the control and data channel tasks.
 //! - [`server`]: accept loop, TLS ([`tls`]), HTTP routing, graceful shutdown.
 
+pub mod admin_api;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod documents;
 pub mod error;
 pub mod hub;
+pub mod iam_store;
 pub mod kms_api;
 pub mod kms_store;
 pub mod lifecycle;
