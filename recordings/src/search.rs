@@ -45,7 +45,7 @@ enum Esc {
     Start,
     Csi,
     Osc,
-    OscEsc,
+    OscSt,
 }
 
 #[derive(Default)]
@@ -76,12 +76,12 @@ impl LineBuf {
                 Esc::Osc => {
                     match b {
                         0x07 => self.esc = Esc::None,
-                        0x1b => self.esc = Esc::OscEsc,
+                        0x1b => self.esc = Esc::OscSt,
                         _ => {}
                     }
                     continue;
                 }
-                Esc::OscEsc => {
+                Esc::OscSt => {
                     self.esc = Esc::None;
                     continue;
                 }
