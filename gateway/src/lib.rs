@@ -16,6 +16,7 @@ pub mod documents;
 pub mod error;
 pub mod hub;
 pub mod lifecycle;
+pub mod recordings;
 pub mod server;
 pub mod store;
 pub mod tls;

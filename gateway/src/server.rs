@@ -35,6 +35,7 @@ pub struct AppState {
     /// Root of every session's cancellation token.
     pub sessions_cancel: CancellationToken,
     pub tracker: TaskTracker,
+    pub recordings: crate::recordings::Recordings,
 }
 
 /// A configured gateway, ready to serve.
@@ -105,7 +106,15 @@ impl Gateway {
             Some(crate::tls::acceptor(&paths)?)
         };
 
+        let recordings = crate::recordings::Recordings::new(
+            &config.recordings,
+            &dir,
+            &config.aws.region,
+            &config.aws.account_id,
+        )
+        .map_err(GatewayError::Config)?;
         let state = Arc::new(AppState {
+            recordings,
             config,
             store,
             hub: Hub::new(),
@@ -346,6 +355,8 @@ async fn route_inner(state: Arc<AppState>, req: Request<Incoming>, secure: bool)
     };
     let result = if rr.path == "/" {
         crate::api::ssm(&state, &rr).await
+    } else if rr.path == "/airlock/v1/recordings" {
+        crate::recordings::handle(&state, &rr).await
     } else if rr.path == "/airlock/v1/register" {
         crate::api::register(&state, &rr).await
     } else if let Some(id) = rr.path.strip_prefix("/v1/control-channel/") {
