@@ -476,6 +476,7 @@ async fn start_session(
         return Err(not_connected());
     }
     let agent = state.hub.agent(&target).ok_or_else(not_connected)?;
+    state.recordings.admit_session().await?;
     let user = require_user(principal)?;
     let session_id = format!("{user}-{}", hex17());
     let owner = principal.arn(&state.config.aws.account_id);
@@ -802,7 +803,7 @@ async fn describe_sessions(state: &AppState, req: &ReadRequest) -> ApiResult {
                 "DocumentName": s.document_name,
                 "Owner": s.owner,
                 "Details": s.details,
-                "OutputUrl": {},
+                "OutputUrl": state.recordings.output_url(&s.session_id).map(|u| json!({"S3OutputUrl": u})).unwrap_or_else(|| json!({})),
                 "AccessType": "Standard",
             });
             if !s.reason.is_empty() {

@@ -22,6 +22,7 @@ pub mod iam_store;
 pub mod kms_api;
 pub mod kms_store;
 pub mod lifecycle;
+pub mod recordings;
 pub mod server;
 pub mod store;
 pub mod tls;

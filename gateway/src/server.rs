@@ -41,6 +41,7 @@ pub struct AppState {
     pub iam: Arc<dyn crate::iam_store::IamStore>,
     /// Authorization decisions, one JSON line each.
     pub audit: crate::audit::AuditLog,
+    pub recordings: crate::recordings::Recordings,
 }
 
 /// A configured gateway, ready to serve.
@@ -128,7 +129,15 @@ impl Gateway {
             Some(crate::tls::acceptor(&paths)?)
         };
 
+        let recordings = crate::recordings::Recordings::new(
+            &config.recordings,
+            &dir,
+            &config.aws.region,
+            &config.aws.account_id,
+        )
+        .map_err(GatewayError::Config)?;
         let state = Arc::new(AppState {
+            recordings,
             config,
             store,
             hub: Hub::new(),
@@ -401,6 +410,8 @@ async fn route_inner(
         crate::kms_api::handle(&state, &rr).await
     } else if rr.path == "/" {
         crate::api::ssm(&state, &rr).await
+    } else if rr.path == "/airlock/v1/recordings" {
+        crate::recordings::handle(&state, &rr).await
     } else if rr.path == "/airlock/v1/register" {
         crate::api::register(&state, &rr).await
     } else if let Some(id) = rr.path.strip_prefix("/v1/control-channel/") {
