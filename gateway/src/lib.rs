@@ -6,12 +6,14 @@
 //! - [`api`]: the AWS JSON 1.1 `AmazonSSM.*` operations and agent registration.
 //! - [`hub`]: in-memory state of online agents and live session relays.
 //! - [`ws`]: WebSocket upgrade plus the control and data channel tasks.
+//! - [`console`]: the embedded browser console under `/console/`.
 //! - [`server`]: accept loop, TLS ([`tls`]), HTTP routing, graceful shutdown.
 
 pub mod api;
 pub mod auth;
 pub mod authz;
 pub mod config;
+pub mod console;
 pub mod documents;
 pub mod error;
 pub mod hub;
