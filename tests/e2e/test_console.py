@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, Agent, Gateway, LineReader, binary
 
 DRIVER = Path(__file__).resolve().parent / "console" / "driver.mjs"
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -113,3 +113,39 @@ def test_console_sessions_page_terminates(gateway, agent):
     r = drive(gateway, "sessions", sessionId=sid)
     assert r["activeLeft"] == 0
     assert "Terminated" in r["historyRow"]
+
+
+class LimitedGateway(Gateway):
+    """A gateway allowing one session per target (`--config`)."""
+
+    def start(self):
+        config = self.data_dir.parent / "gateway.toml"
+        config.write_text("[sessions]\nmax_per_target = 1\n")
+        self.proc = subprocess.Popen(
+            [binary("airlock-gateway"), "--config", str(config),
+             "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE,
+            stderr=open(self.data_dir.parent / "gateway.log", "ab"),
+        )
+        self.reader = LineReader(self.proc)
+        self.url = self.reader.wait_for(r"listening on (\S+)").group(1)
+        self.ca_bundle = self.reader.wait_for(r"AWS_CA_BUNDLE=(\S+)").group(1)
+        self.credentials_file = self.reader.wait_for(r"admin credentials: (\S+)").group(1)
+
+
+def test_console_shows_session_limit_in_the_api_words(workdir):
+    gw = LimitedGateway(workdir)
+    try:
+        ag = Agent(gw, workdir)
+        try:
+            first = gw.client().start_session(Target=ag.instance_id)["SessionId"]
+            r = drive(gw, "startRefused", instanceId=ag.instance_id)
+            assert r["error"].startswith(
+                "SessionLimitExceeded: Unable to start new sessions because the maximum "
+                f"session limit of 1 has been reached for target {ag.instance_id}"
+            ), r["error"]
+            assert first in r["error"]
+        finally:
+            ag.stop()
+    finally:
+        gw.stop()
