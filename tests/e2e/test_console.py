@@ -87,6 +87,8 @@ def test_console_shell_resize_exit_code(gateway, agent):
     assert "Online" in r["instanceRow"]
     assert "Env=console-test" in r["instanceRow"]
     assert r["sawAnswer"]
+    assert r["copied"] == "42", r["copied"]
+    assert r["pasted"]
     assert r["sizeAfter"]["cols"] > r["sizeBefore"]["cols"], r
     assert r["sizeAfter"]["rows"] > r["sizeBefore"]["rows"], r
     assert "exit code 3" in r["status"], r["status"]

@@ -84,6 +84,26 @@ const scenarios = {
     await typeLine(page, 'echo $((6*7))');
     await waitTerminal(page, /^42\s*$/m, '42 in the terminal');
     result.sawAnswer = true;
+    // Copy: drag across the row that says 42, press the Copy button.
+    const rowBox = await page.evaluate(() => {
+      const rows = Array.from(document.querySelectorAll('#terminal .xterm-rows > div'));
+      const r = rows.find((e) => e.textContent.trim() === '42');
+      const b = r.getBoundingClientRect();
+      return { x: b.left, y: b.top + b.height / 2 };
+    });
+    await page.mouse.move(rowBox.x + 1, rowBox.y);
+    await page.mouse.down();
+    await page.mouse.move(rowBox.x + 200, rowBox.y, { steps: 5 });
+    await page.mouse.up();
+    await page.click('#copy');
+    result.copied = await waitFor('the clipboard', async () =>
+      (await page.evaluate(() => navigator.clipboard.readText())).trim(),
+    );
+    // Paste: clipboard text goes to the shell as typed input.
+    await page.evaluate(() => navigator.clipboard.writeText('echo pasted-$((5*5))\r'));
+    await page.click('#paste');
+    await waitTerminal(page, /^pasted-25\s*$/m, 'the pasted command output');
+    result.pasted = true;
     result.sizeBefore = await sttySize(page, 'SZA');
     await page.setViewportSize({ width: 1400, height: 900 });
     result.sizeAfter = await waitFor('stty size to change', async () => {
