@@ -34,10 +34,14 @@ export class KmsSession {
       NumberOfBytes: 64,
       EncryptionContext: { 'aws:ssm:SessionId': sessionId, 'aws:ssm:TargetId': target },
     });
-    const plain = b64decode(r.Plaintext || '');
+    return KmsSession.fromDataKey(b64decode(r.Plaintext || ''), r.CiphertextBlob);
+  }
+
+  /** Keys from a 64-byte data key; the caller's copy is zeroed. */
+  static async fromDataKey(plain, ciphertextBlob) {
     if (plain.length !== 64) throw new Error(`KMS returned a ${plain.length}-byte data key, not 64`);
     const s = new KmsSession();
-    s.ciphertextBlob = r.CiphertextBlob;
+    s.ciphertextBlob = ciphertextBlob;
     // 0..32 agent→client (we open), 32..64 client→agent (we seal).
     s.openKey = await aesKey(plain.subarray(0, 32));
     s.sealKey = await aesKey(plain.subarray(32, 64));
