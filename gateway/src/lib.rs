@@ -7,6 +7,7 @@
 //! - [`kms_api`]: the KMS JSON 1.1 `TrentService.*` operations; keys persist via [`kms_store`].
 //! - [`hub`]: in-memory state of online agents and live session relays.
 //! - [`ws`]: WebSocket upgrade plus the control and data channel tasks.
+//! - [`console`]: the embedded browser console under `/console/`.
 //! - [`server`]: accept loop, TLS ([`tls`]), HTTP routing, graceful shutdown.
 
 pub mod admin_api;
@@ -15,6 +16,7 @@ pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod config;
+pub mod console;
 pub mod documents;
 pub mod error;
 pub mod hub;

@@ -369,6 +369,9 @@ async fn route_inner(
             return crate::ws::upgrade(state, req, crate::ws::Channel::Data(id));
         }
     }
+    if crate::console::is_console_path(&path) {
+        return crate::console::serve(&state, req.method(), &path, secure);
+    }
     if req.method() != http::Method::POST {
         return error_response(&ApiError {
             status: 404,
