@@ -19,6 +19,7 @@ pub mod error;
 pub mod hub;
 pub mod iam_store;
 pub mod lifecycle;
+pub mod role_creds;
 pub mod server;
 pub mod store;
 pub mod tls;

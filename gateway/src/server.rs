@@ -39,6 +39,8 @@ pub struct AppState {
     pub iam: Arc<dyn crate::iam_store::IamStore>,
     /// Authorization decisions, one JSON line each.
     pub audit: crate::audit::AuditLog,
+    /// Mints and verifies agents' short-lived role credentials.
+    pub role_creds: crate::role_creds::RoleCredentialMinter,
 }
 
 /// A configured gateway, ready to serve.
@@ -127,6 +129,7 @@ impl Gateway {
             tracker: TaskTracker::new(),
             iam,
             audit,
+            role_creds: crate::role_creds::RoleCredentialMinter::new(&root_key),
         });
         Ok(Gateway {
             state,
@@ -385,6 +388,8 @@ async fn route_inner(
         crate::admin_api::handle(&state, &rr).await
     } else if rr.path == "/" {
         crate::api::ssm(&state, &rr).await
+    } else if rr.path == crate::role_creds::PATH {
+        crate::role_creds::handle(&state, &rr).await
     } else if rr.path == "/airlock/v1/register" {
         crate::api::register(&state, &rr).await
     } else if let Some(id) = rr.path.strip_prefix("/v1/control-channel/") {

@@ -19,14 +19,21 @@ struct Gw {
 }
 
 async fn start(dir: &std::path::Path, iam_file: Option<&str>) -> Gw {
+    start_with(dir, |cfg| {
+        if let Some(text) = iam_file {
+            let path = dir.join("iam.json");
+            std::fs::write(&path, text).unwrap();
+            cfg.iam.file = Some(path);
+        }
+    })
+    .await
+}
+
+async fn start_with(dir: &std::path::Path, edit: impl FnOnce(&mut Config)) -> Gw {
     let mut cfg = Config::default();
     cfg.server.data_dir = dir.join("data");
     cfg.server.insecure_http = true;
-    if let Some(text) = iam_file {
-        let path = dir.join("iam.json");
-        std::fs::write(&path, text).unwrap();
-        cfg.iam.file = Some(path);
-    }
+    edit(&mut cfg);
     let gw = Gateway::new(cfg).await.unwrap();
     let admin = common::read_ini(gw.admin_credentials_path());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -289,6 +296,110 @@ async fn agents_act_as_their_activation_role() {
     )
     .await;
     let (s, body) = control_channel(&gw, &id, &creds).await;
+    assert_eq!(s, 201, "{body}");
+    gw.shutdown.cancel();
+}
+
+async fn role_credentials(gw: &Gw, creds: &Credentials) -> (u16, Value) {
+    let mut headers = vec![
+        ("host".to_string(), gw.addr.to_string()),
+        ("content-type".to_string(), "application/json".to_string()),
+    ];
+    let path = "/airlock/v1/role-credentials";
+    sign_request(
+        "POST",
+        path,
+        &mut headers,
+        b"{}",
+        creds,
+        "us-east-1",
+        "ssm",
+        time::OffsetDateTime::now_utc(),
+    );
+    let (s, _, b) = http(gw.addr, "POST", path, &headers, b"{}").await;
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+fn temp_creds(v: &Value) -> Credentials {
+    Credentials {
+        access_key_id: v["AccessKeyId"].as_str().unwrap().into(),
+        secret_access_key: SecretKey::new(v["SecretAccessKey"].as_str().unwrap()),
+        session_token: Some(v["SessionToken"].as_str().unwrap().into()),
+    }
+}
+
+#[tokio::test]
+async fn agents_use_short_lived_role_credentials() {
+    let dir = TempDir::new();
+    let gw = start_with(&dir.0, |c| c.iam.require_role_credentials = true).await;
+    let (_, _, agent) = register(&gw, "AirlockManagedInstance").await;
+    let (id, long_term) = agent.unwrap();
+
+    // With require_role_credentials the registration key only mints.
+    let (s, body) = control_channel(&gw, &id, &long_term).await;
+    assert_eq!(s, 400);
+    assert!(body.contains("UnrecognizedClientException"), "{body}");
+    let (s, v) = role_credentials(&gw, &long_term).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["AccessKeyId"].as_str().unwrap().starts_with("ASIA"));
+    let expires = v["Expiration"].as_f64().unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    assert!((3500.0..=3700.0).contains(&(expires - now)), "{v}");
+    let temp = temp_creds(&v);
+    let (s, body) = control_channel(&gw, &id, &temp).await;
+    assert_eq!(s, 201, "{body}");
+
+    // Role credentials cannot mint more; a missing or foreign token fails.
+    let (s, v) = role_credentials(&gw, &temp).await;
+    assert_eq!(
+        (s, v["__type"].as_str()),
+        (400, Some("AccessDeniedException"))
+    );
+    let mut no_token = temp_creds(&role_credentials(&gw, &long_term).await.1);
+    no_token.session_token = None;
+    let (_, body) = control_channel(&gw, &id, &no_token).await;
+    assert!(body.contains("UnrecognizedClientException"), "{body}");
+    let mut swapped = temp_creds(&role_credentials(&gw, &long_term).await.1);
+    swapped.session_token = temp.session_token.clone();
+    let (_, body) = control_channel(&gw, &id, &swapped).await;
+    assert!(body.contains("UnrecognizedClientException"), "{body}");
+
+    // Deregistering the instance revokes its role credentials at once.
+    let (s, v) = call(
+        &gw,
+        "ssm",
+        "AmazonSSM.DeregisterManagedInstance",
+        json!({"InstanceId": id}),
+        &gw.admin,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, body) = control_channel(&gw, &id, &temp).await;
+    assert!(body.contains("UnrecognizedClientException"), "{body}");
+    gw.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn expired_role_credentials_are_refused() {
+    let dir = TempDir::new();
+    let gw = start_with(&dir.0, |c| c.iam.role_credentials_ttl_secs = 1).await;
+    let (_, _, agent) = register(&gw, "AirlockManagedInstance").await;
+    let (id, long_term) = agent.unwrap();
+    let temp = temp_creds(&role_credentials(&gw, &long_term).await.1);
+    // Poll (with a deadline) until the one-second lifetime has run out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (s, body) = control_channel(&gw, &id, &temp).await;
+        if s != 201 {
+            assert!(body.contains("ExpiredTokenException"), "{body}");
+            assert!(body.contains("The security token included in the request is expired"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Without require_role_credentials the long-term key still works.
+    let (s, body) = control_channel(&gw, &id, &long_term).await;
     assert_eq!(s, 201, "{body}");
     gw.shutdown.cancel();
 }

@@ -228,3 +228,18 @@ def test_simulate_policies_and_admin_api_is_authorized(gateway, workdir):
     assert res.returncode == 254
     assert (f"User: arn:aws:iam::{ACCOUNT}:user/frank is not authorized to perform: iam:CreateUser "
             f"on resource: arn:aws:iam::{ACCOUNT}:user/mallory").encode() in res.stderr, res.stderr
+
+
+def test_agent_acts_as_its_role_with_short_lived_credentials(gateway, agent, workdir):
+    # The agent traded its registration key for role credentials ...
+    log = (Path(workdir) / "agent.log").read_text(errors="replace")
+    assert "role credentials obtained" in log
+    assert "SecretAccessKey" not in log
+    # ... and its control channel was authorized against its role.
+    events = [json.loads(l) for l in (gateway.data_dir / "audit.log").read_text().splitlines()]
+    ctrl = [e for e in events if e["action"] == "ssmmessages:CreateControlChannel"]
+    assert ctrl, events
+    assert ctrl[-1]["principal"] == (
+        f"arn:aws:sts::{ACCOUNT}:assumed-role/AirlockManagedInstance/{agent.instance_id}")
+    assert ctrl[-1]["decision"] == "allowed"
+    assert ctrl[-1]["statement"].startswith("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore#")
