@@ -126,6 +126,7 @@ async fn main() -> Result<()> {
                 tls,
                 shell,
                 run_as,
+                role: Default::default(),
             });
             let root = CancellationToken::new();
             let tracker = TaskTracker::new();

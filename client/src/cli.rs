@@ -83,6 +83,13 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// IAM administration with the verbs and flags of `aws iam`
+    /// (`admin create-user --user-name alice`; `admin help` lists verbs)
+    #[command(disable_help_flag = true)]
+    Admin {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
     /// Behave as the AWS CLI's session-manager-plugin with these arguments
     #[command(
         name = "session-manager-plugin",

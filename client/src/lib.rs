@@ -6,6 +6,7 @@
 //! - [`session`]: the data-channel session runner; [`handshake`]: its answers.
 //! - [`terminal`]: raw mode, size, stdin pump. [`error`]: errors and exit codes.
 
+pub mod admin;
 pub mod cli;
 pub mod commands;
 pub mod error;
@@ -151,6 +152,7 @@ pub fn main_entry() -> i32 {
                 async move { commands::start_port_session(&conn_opts(&conn), &args, popts).await },
             )
         }
+        cli::Command::Admin { args } => run_async(async move { admin::run(&args).await }),
         cli::Command::Sessions { command, conn } => {
             let opts = conn_opts(&conn);
             run_async(async move {

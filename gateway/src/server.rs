@@ -42,6 +42,8 @@ pub struct AppState {
     /// Authorization decisions, one JSON line each.
     pub audit: crate::audit::AuditLog,
     pub recordings: crate::recordings::Recordings,
+    /// Mints and verifies agents' short-lived role credentials.
+    pub role_creds: crate::role_creds::RoleCredentialMinter,
 }
 
 /// A configured gateway, ready to serve.
@@ -147,6 +149,7 @@ impl Gateway {
             tracker: TaskTracker::new(),
             iam,
             audit,
+            role_creds: crate::role_creds::RoleCredentialMinter::new(&root_key),
         });
         Ok(Gateway {
             state,
@@ -415,6 +418,8 @@ async fn route_inner(
         crate::api::ssm(&state, &rr).await
     } else if rr.path == "/airlock/v1/recordings" {
         crate::recordings::handle(&state, &rr).await
+    } else if rr.path == crate::role_creds::PATH {
+        crate::role_creds::handle(&state, &rr).await
     } else if rr.path == "/airlock/v1/register" {
         crate::api::register(&state, &rr).await
     } else if let Some(id) = rr.path.strip_prefix("/v1/control-channel/") {
