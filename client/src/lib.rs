@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod crypto;
 pub mod error;
 pub mod handshake;
 pub mod params;
@@ -235,6 +236,7 @@ async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
         tls,
         api,
         exit_policy: ExitPolicy::AlwaysZero,
+        target: start.target.clone(),
     }
     .run()
     .await
