@@ -2,6 +2,7 @@
 
 mod agent;
 mod control;
+mod crypto;
 mod port;
 mod pty;
 mod register;

@@ -74,6 +74,7 @@ pub async fn start_session(opts: &ConnOpts, args: &StartArgs) -> Result<i32, Cli
         tls,
         api: Some(api),
         exit_policy: ExitPolicy::RemoteStatus,
+        target: Some(args.target.clone()),
     }
     .run()
     .await

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod cli;
 pub mod commands;
+pub mod crypto;
 pub mod error;
 pub mod handshake;
 pub mod params;
@@ -237,6 +238,7 @@ async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
         tls,
         api,
         exit_policy: ExitPolicy::AlwaysZero,
+        target: start.target.clone(),
     }
     .run()
     .await

@@ -16,6 +16,7 @@ use airlock_transport::ws;
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::crypto::{ClientCrypto, KmsEnv, KmsOutcome};
 use crate::error::ClientError;
 use crate::plugin::SessionInfo;
 use crate::terminal;
@@ -39,6 +40,8 @@ pub struct SessionRunner {
     /// For ResumeSession on reconnect; None when no credentials were found.
     pub api: Option<ApiClient>,
     pub exit_policy: ExitPolicy,
+    /// The target id, for the KMS encryption context.
+    pub target: Option<String>,
 }
 
 fn client_id() -> &'static str {
@@ -185,16 +188,59 @@ impl SessionRunner {
         // this loop from reading output (and acking it).
         let mut stdin_rx = terminal::spawn_stdin_reader();
         let stdin_sender = dc.sender();
+        // The HandshakeResponse goes out through the input pump so that input
+        // is sealed exactly from the response on, as the agent expects.
+        // Input waits for the handshake (as the stock plugin's does), so none
+        // of it crosses the gateway in clear when the session is encrypted.
+        let (hs_tx, mut hs_rx) = tokio::sync::mpsc::unbounded_channel::<PumpCtl>();
         let stdin_pump = tokio::spawn(async move {
-            while let Some(bytes) = stdin_rx.recv().await {
-                if let Err(e) = stdin_sender.send(PayloadType::Output, bytes).await {
-                    tracing::debug!("send input failed: {e}");
-                    break;
+            let mut crypto: Option<ClientCrypto> = None;
+            let mut stdin_open = true;
+            let mut handshaken = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(ctl) = hs_rx.recv() => {
+                        handshaken = true;
+                        if let PumpCtl::Respond(resp, c) = ctl {
+                            crypto = c;
+                            if let Err(e) = stdin_sender.send(PayloadType::HandshakeResponse, resp).await {
+                                tracing::debug!("send handshake response failed: {e}");
+                                break;
+                            }
+                        }
+                    }
+                    bytes = stdin_rx.recv(), if stdin_open && handshaken => {
+                        let Some(mut bytes) = bytes else {
+                            stdin_open = false;
+                            continue;
+                        };
+                        if let Some(c) = &crypto {
+                            match c.seal(PayloadType::Output, bytes) {
+                                Ok(b) => bytes = b,
+                                Err(e) => { tracing::warn!("sealing input failed: {e}"); break; }
+                            }
+                        }
+                        if let Err(e) = stdin_sender.send(PayloadType::Output, bytes).await {
+                            tracing::debug!("send input failed: {e}");
+                            break;
+                        }
+                    }
+                    else => break,
                 }
             }
             // EOF does not end the session: the remote shell's `exit` does.
         });
         let mut exit_code: Option<i32> = None;
+        let kms_env = KmsEnv {
+            api: self.api.clone(),
+            session_id: id.clone(),
+            target: self.target.clone(),
+        };
+        let mut pending_crypto: Option<ClientCrypto> = None;
+        let mut rx_crypto: Option<ClientCrypto> = None;
+        let mut kms_error: Option<String> = None;
+        let mut input_started = false;
 
         let outcome: Result<(i32, Option<String>), ClientError> = loop {
             tokio::select! {
@@ -207,7 +253,18 @@ impl SessionRunner {
                 },
                 ev = dc.recv() => match ev {
                     None => break Err(ClientError::Transport("data channel stopped unexpectedly".into())),
-                    Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => {
+                    Some(ChannelEvent::Proto(Event::Data { payload_type, mut payload })) => {
+                        if let Some(c) = &rx_crypto {
+                            match c.open(payload_type, payload) {
+                                Ok(p) => payload = p,
+                                Err(e) => break Err(ClientError::Transport(e)),
+                            }
+                        }
+                        if payload_type == PayloadType::Output && !input_started {
+                            // An agent that skips the handshake: start input anyway.
+                            input_started = true;
+                            let _ = hs_tx.send(PumpCtl::Start);
+                        }
                         match payload_type {
                             PayloadType::Output | PayloadType::StdErr => {
                                 if let Err(e) = write_stdout(&payload) {
@@ -222,12 +279,34 @@ impl SessionRunner {
                             PayloadType::HandshakeRequest => {
                                 match serde_json::from_slice::<HandshakeRequest>(&payload) {
                                     Ok(req) => {
-                                        let out = crate::handshake::respond(&req);
+                                        let mut out = crate::handshake::respond(&req);
                                         tracing::debug!(features = ?out.features, session_type = ?out.session_type, "handshake");
+                                        match crate::crypto::process(&req, &mut out.response, &kms_env, false).await {
+                                            KmsOutcome::Ready(c) => pending_crypto = Some(c),
+                                            KmsOutcome::Failed(m) => {
+                                                eprint!("Failed to set up session encryption: {m}\r\n");
+                                                kms_error = Some(m);
+                                            }
+                                            KmsOutcome::NotRequested => {}
+                                        }
                                         let body = serde_json::to_vec(&out.response).unwrap_or_default();
-                                        send_or_log(&dc, PayloadType::HandshakeResponse, Bytes::from(body)).await;
+                                        input_started = true;
+                                        let _ = hs_tx.send(PumpCtl::Respond(Bytes::from(body), pending_crypto.clone()));
                                     }
                                     Err(e) => tracing::warn!("malformed handshake request: {e}"),
+                                }
+                            }
+                            PayloadType::EncChallengeRequest => {
+                                let Some(c) = &pending_crypto else {
+                                    break Err(ClientError::Transport("the agent sent an encryption challenge without a KMS handshake".into()));
+                                };
+                                match c.answer_challenge(&payload) {
+                                    Ok(answer) => {
+                                        // Everything the agent sends from here on is sealed.
+                                        rx_crypto = Some(c.clone());
+                                        send_or_log(&dc, PayloadType::EncChallengeResponse, answer).await;
+                                    }
+                                    Err(e) => break Err(ClientError::Transport(e)),
                                 }
                             }
                             PayloadType::HandshakeComplete => {
@@ -258,6 +337,9 @@ impl SessionRunner {
                                 Some(o) => format!("\n\nSessionId: {id} : {o}\n\n"),
                                 None => format!("\n\nExiting session with sessionId: {id}.\n\n"),
                             };
+                            if let Some(e) = kms_error.take() {
+                                break Err(ClientError::Transport(format!("the session could not be encrypted: {e}")));
+                            }
                             let code = match self.exit_policy {
                                 ExitPolicy::RemoteStatus => exit_code.unwrap_or(0),
                                 ExitPolicy::AlwaysZero => 0,
@@ -294,6 +376,14 @@ impl SessionRunner {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What the session loop tells the input pump.
+enum PumpCtl {
+    /// Send this HandshakeResponse, then seal input with the crypto (if any).
+    Respond(Bytes, Option<ClientCrypto>),
+    /// No handshake is coming: forward input as is.
+    Start,
 }
 
 async fn send_or_log(dc: &DataChannel, payload_type: PayloadType, payload: Bytes) {
