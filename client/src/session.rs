@@ -112,37 +112,68 @@ pub struct Resumer<'a> {
     pub api: Option<&'a ApiClient>,
 }
 
+/// One resume attempt: ResumeSession for a fresh token, then a websocket to
+/// the original StreamUrl and the open message to send on it.
+async fn resume_once(
+    info: &SessionInfo,
+    tls: &Arc<rustls::ClientConfig>,
+    api: Option<&ApiClient>,
+) -> Result<(ws::WsStream, String), Redial<Reconnect>> {
+    let token = match api {
+        Some(api) => match api
+            .ssm("ResumeSession", &json!({"SessionId": info.session_id}))
+            .await
+        {
+            Ok(v) => match v.get("TokenValue").and_then(|t| t.as_str()) {
+                Some(t) if !t.is_empty() => t.to_string(),
+                _ => return Err(Redial::Stop(Reconnect::TimedOut)),
+            },
+            // A gateway restarting or overloaded: try again.
+            Err(CallError::Api(e)) if e.status >= 500 => return Err(Redial::Retry(e.to_string())),
+            Err(CallError::Api(e)) => return Err(Redial::Stop(Reconnect::Failed(e.to_string()))),
+            Err(e) => return Err(Redial::Retry(e.to_string())),
+        },
+        None => info.token_value.clone(),
+    };
+    // The original StreamUrl is reused; the new one is ignored (stock behaviour).
+    let ws = ws::connect(&info.stream_url, tls.clone())
+        .await
+        .map_err(|e| Redial::Retry(e.to_string()))?;
+    Ok((ws, open_message(&token)))
+}
+
+/// A redial strategy for [`DataChannel::set_redial`] (port sessions, whose
+/// loops only need to know when resuming failed for good).
+pub fn resume_dialer(
+    info: SessionInfo,
+    tls: Arc<rustls::ClientConfig>,
+    api: ApiClient,
+) -> airlock_transport::datachannel::Dialer {
+    Box::new(move || {
+        let (info, tls, api) = (info.clone(), tls.clone(), api.clone());
+        Box::pin(async move {
+            resume_once(&info, &tls, Some(&api))
+                .await
+                .map_err(|e| match e {
+                    Redial::Retry(m) => Redial::Retry(m),
+                    Redial::Stop(Reconnect::TimedOut) => {
+                        Redial::Stop(format!("Session: {} timed out.", info.session_id))
+                    }
+                    Redial::Stop(other) => Redial::Stop(format!("{other:?}")),
+                })
+        })
+    })
+}
+
 impl Resumer<'_> {
     pub async fn resume(&self, dc: &DataChannel, why: &Disconnect) -> Reconnect {
         // Without credentials the only token we have was refused already.
         if self.api.is_none() && matches!(why, Disconnect::Closed(1008, _)) {
             return Reconnect::Failed(format!("the gateway refused the session token: {why:?}"));
         }
-        let id = &self.info.session_id;
         let r = dc
-            .redial(RESUME_GIVE_UP, || async {
-                let token = match self.api {
-                    Some(api) => match api.ssm("ResumeSession", &json!({"SessionId": id})).await {
-                        Ok(v) => match v.get("TokenValue").and_then(|t| t.as_str()) {
-                            Some(t) if !t.is_empty() => t.to_string(),
-                            _ => return Err(Redial::Stop(Reconnect::TimedOut)),
-                        },
-                        // A gateway restarting or overloaded: try again.
-                        Err(CallError::Api(e)) if e.status >= 500 => {
-                            return Err(Redial::Retry(e.to_string()))
-                        }
-                        Err(CallError::Api(e)) => {
-                            return Err(Redial::Stop(Reconnect::Failed(e.to_string())))
-                        }
-                        Err(e) => return Err(Redial::Retry(e.to_string())),
-                    },
-                    None => self.info.token_value.clone(),
-                };
-                // The original StreamUrl is reused; the new one is ignored (stock behaviour).
-                let ws = ws::connect(&self.info.stream_url, self.tls.clone())
-                    .await
-                    .map_err(|e| Redial::Retry(e.to_string()))?;
-                Ok((ws, open_message(&token)))
+            .redial(RESUME_GIVE_UP, || {
+                resume_once(self.info, self.tls, self.api)
             })
             .await;
         match r {

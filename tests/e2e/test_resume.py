@@ -260,3 +260,56 @@ def test_gateway_restart_mid_cat_loses_nothing(gateway, agent, random_file, work
     assert history[-1].startswith("Terminated"), history
     sessions = gateway.client().describe_sessions(State="History")["Sessions"]
     assert sessions and sessions[0]["Status"] == "Terminated", sessions
+
+
+def test_port_forward_connection_survives_gateway_kill(gateway, agent, workdir):
+    """An open forwarded TCP connection keeps working across a kill -9 and
+    restart of the gateway: neither the agent's TCP stream nor the client's
+    listener is torn down, and bytes sent during the outage arrive."""
+    from test_port_forwarding import EchoServer, Tunnel
+
+    echo = EchoServer()
+    tunnel = Tunnel(gateway, "start-session", "--target", agent.instance_id,
+                    "--document-name", "AWS-StartPortForwardingSessionToRemoteHost",
+                    "--parameters", f"host=127.0.0.1,portNumber={echo.port},localPortNumber=0")
+    try:
+        with socket.create_connection(("127.0.0.1", tunnel.port), timeout=120) as s:
+            def echoed(payload):
+                s.sendall(payload)
+                got = b""
+                while len(got) < len(payload):
+                    chunk = s.recv(65536)
+                    assert chunk, "forwarded connection closed"
+                    got += chunk
+                return got
+
+            before = os.urandom(256 * 1024)
+            assert echoed(before) == before
+            port = int(gateway.url.rsplit(":", 1)[1])
+            gateway.proc.kill()
+            gateway.proc.wait(timeout=30)
+            # Sent while no gateway is listening: the client buffers it.
+            during = os.urandom(256 * 1024)
+            s.sendall(during)
+            gateway.proc = subprocess.Popen(
+                [binary("airlock-gateway"), "--data-dir", str(gateway.data_dir),
+                 "--listen", f"127.0.0.1:{port}"],
+                stdout=subprocess.PIPE,
+                stderr=open(gateway.data_dir.parent / "gateway.log", "ab"),
+                env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+            )
+            gateway.reader = LineReader(gateway.proc)
+            gateway.reader.wait_for(r"listening on (\S+)")
+            got = b""
+            while len(got) < len(during):
+                chunk = s.recv(65536)
+                assert chunk, "forwarded connection closed across the restart"
+                got += chunk
+            assert got == during
+            after = os.urandom(64 * 1024)
+            assert echoed(after) == after
+        assert echo.connections == 1
+        assert tunnel.proc.poll() is None, "the tunnel exited"
+    finally:
+        tunnel.close()
+        echo.close()

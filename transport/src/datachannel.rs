@@ -98,6 +98,7 @@ pub struct DataChannel {
     sender: DataSender,
     events: mpsc::Receiver<ChannelEvent>,
     task: JoinHandle<()>,
+    redial: Option<(Duration, Dialer)>,
 }
 
 /// A cloneable sending half, for a task that sends while another one owns
@@ -200,6 +201,7 @@ impl DataChannel {
             sender: DataSender { commands: cmd_tx },
             events: ev_rx,
             task,
+            redial: None,
         }
     }
 
@@ -226,9 +228,23 @@ impl DataChannel {
         self.sender.send_unsequenced(message_type, payload).await
     }
 
-    /// Next event; None once the driver has stopped.
+    /// Next event; None once the driver has stopped. With a redial
+    /// strategy set, socket drops are healed here and not reported.
     pub async fn recv(&mut self) -> Option<ChannelEvent> {
-        self.events.recv().await
+        loop {
+            let ev = self.events.recv().await?;
+            let ChannelEvent::Disconnected(why) = &ev else {
+                return Some(ev);
+            };
+            let Some((window, dialer)) = self.redial.as_mut() else {
+                return Some(ev);
+            };
+            tracing::info!(reason = ?why, "data channel socket lost; resuming");
+            match redial_with(&self.sender, *window, dialer).await {
+                Ok(attempts) => tracing::info!(attempts, "data channel resumed"),
+                Err(e) => return Some(ChannelEvent::Disconnected(Disconnect::Lost(e.to_string()))),
+            }
+        }
     }
 
     /// Replaces the socket after a drop; unacked frames are resent at once.
@@ -307,6 +323,12 @@ pub enum RedialError<E: std::fmt::Debug> {
     Closed,
 }
 
+/// A boxed redial attempt, for [`DataChannel::set_redial`].
+pub type DialFuture =
+    Pin<Box<dyn std::future::Future<Output = Result<(WsStream, String), Redial<String>>> + Send>>;
+/// Produces one redial attempt per call.
+pub type Dialer = Box<dyn FnMut() -> DialFuture + Send + Sync>;
+
 impl DataChannel {
     /// Reattaches the channel after its socket went away: calls `dial` (which
     /// fetches a fresh token — ResumeSession for a client, a new data-channel
@@ -314,45 +336,70 @@ impl DataChannel {
     /// socket takes the open message, `dial` says stop, or `window` passes.
     /// Unacked frames are resent on the new socket; the receive side already
     /// drops duplicates by sequence number, so nothing is lost or doubled.
-    pub async fn redial<E, F, Fut>(
-        &self,
-        window: Duration,
-        mut dial: F,
-    ) -> Result<u32, RedialError<E>>
+    /// Returns the number of attempts made.
+    pub async fn redial<E, F, Fut>(&self, window: Duration, dial: F) -> Result<u32, RedialError<E>>
     where
         E: std::fmt::Debug,
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(WsStream, String), Redial<E>>>,
     {
-        let give_up = tokio::time::Instant::now() + window;
-        let mut backoff = Backoff::new(REDIAL_BACKOFF_CAP);
-        let mut last = String::from("no attempt made");
-        let mut attempt = 0u32;
-        loop {
-            let wake = tokio::time::Instant::now() + backoff.next_delay();
-            if wake >= give_up {
-                return Err(RedialError::GaveUp { window, last });
+        redial_with(&self.sender, window, dial).await
+    }
+
+    /// Makes [`DataChannel::recv`] reattach by itself: a dropped socket is
+    /// redialed with `dialer` for up to `window`, and `Disconnected` is only
+    /// reported (as `Lost` with the reason) once that fails.
+    pub fn set_redial(&mut self, window: Duration, dialer: Dialer) {
+        self.redial = Some((window, dialer));
+    }
+}
+
+async fn redial_with<E, F, Fut>(
+    sender: &DataSender,
+    window: Duration,
+    mut dial: F,
+) -> Result<u32, RedialError<E>>
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(WsStream, String), Redial<E>>>,
+{
+    let give_up = tokio::time::Instant::now() + window;
+    let mut backoff = Backoff::new(REDIAL_BACKOFF_CAP);
+    let mut last = String::from("no attempt made");
+    let mut attempt = 0u32;
+    loop {
+        let wake = tokio::time::Instant::now() + backoff.next_delay();
+        if wake >= give_up {
+            return Err(RedialError::GaveUp { window, last });
+        }
+        tokio::time::sleep_until(wake).await;
+        attempt += 1;
+        let dialed = tokio::time::timeout_at(give_up, dial()).await;
+        let (ws, open) = match dialed {
+            Err(_) => return Err(RedialError::GaveUp { window, last }),
+            Ok(Err(Redial::Stop(e))) => return Err(RedialError::Stopped(e)),
+            Ok(Err(Redial::Retry(why))) => {
+                tracing::debug!(attempt, error = %why, "redial attempt failed");
+                last = why;
+                continue;
             }
-            tokio::time::sleep_until(wake).await;
-            attempt += 1;
-            let dialed = tokio::time::timeout_at(give_up, dial()).await;
-            let (ws, open) = match dialed {
-                Err(_) => return Err(RedialError::GaveUp { window, last }),
-                Ok(Err(Redial::Stop(e))) => return Err(RedialError::Stopped(e)),
-                Ok(Err(Redial::Retry(why))) => {
-                    tracing::debug!(attempt, error = %why, "redial attempt failed");
-                    last = why;
-                    continue;
-                }
-                Ok(Ok(x)) => x,
-            };
-            match self.reconnect(ws, open).await {
-                Ok(()) => return Ok(attempt),
-                Err(ChannelError::Closed) => return Err(RedialError::Closed),
-                Err(e) => {
-                    tracing::debug!(attempt, error = %e, "new socket failed at once");
-                    last = e.to_string();
-                }
+            Ok(Ok(x)) => x,
+        };
+        let r = sender
+            .command(|reply| Command::Reconnect {
+                ws: Box::new(ws),
+                open,
+                reply,
+            })
+            .await
+            .and_then(|r| r);
+        match r {
+            Ok(()) => return Ok(attempt),
+            Err(ChannelError::Closed) => return Err(RedialError::Closed),
+            Err(e) => {
+                tracing::debug!(attempt, error = %e, "new socket failed at once");
+                last = e.to_string();
             }
         }
     }
