@@ -197,12 +197,15 @@ async fn handshake(dc: &mut DataChannel, force_stdio: bool) -> Result<Negotiated
 }
 
 /// Runs a port session to its end; returns the exit status (0 on normal ends).
+/// `api` (for ResumeSession) lets the session survive network drops and
+/// gateway restarts; without it a drop ends the session.
 pub async fn run(
     info: SessionInfo,
     tls: Arc<rustls::ClientConfig>,
     opts: PortOptions,
+    api: Option<airlock_transport::api::ApiClient>,
 ) -> Result<i32, ClientError> {
-    let ws = ws::connect(&info.stream_url, tls)
+    let ws = ws::connect(&info.stream_url, tls.clone())
         .await
         .map_err(|e| ClientError::Transport(e.to_string()))?;
     let mut dc = DataChannel::spawn(
@@ -211,6 +214,12 @@ pub async fn run(
         Role::Client,
         Config::default(),
     );
+    if let Some(api) = api {
+        dc.set_redial(
+            crate::session::RESUME_GIVE_UP,
+            crate::session::resume_dialer(info.clone(), tls, api),
+        );
+    }
     // Registered before "Port N opened" is printed, so a Ctrl-C right after
     // the ready line is never lost to the default handler.
     let interrupted = Arc::new(tokio::sync::Notify::new());

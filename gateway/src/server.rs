@@ -193,6 +193,8 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let state = self.state.clone();
         let conns = TaskTracker::new();
+        // Before anything is served: sessions a previous process left live.
+        crate::lifecycle::restore_sessions(&self.state).await;
         self.state.tracker.spawn(crate::lifecycle::run_reaper(
             self.state.clone(),
             shutdown.clone(),
@@ -232,7 +234,9 @@ impl Gateway {
                 }
             });
         }
-        // Stop sessions: their socket tasks send channel_closed and exit.
+        // Sessions outlive the process: recorded as Disconnected, their
+        // sockets closed with 1012 so peers resume against the next one.
+        crate::lifecycle::suspend_sessions(&self.state).await;
         self.state.sessions_cancel.cancel();
         conns.close();
         self.state.tracker.close();
