@@ -17,6 +17,8 @@ pub struct Agent {
     pub ws_base: String,
     pub shell: Option<String>,
     pub run_as: Option<String>,
+    /// Destinations port sessions may dial.
+    pub port_policy: crate::port_policy::Policy,
 }
 
 pub fn ws_base(gateway: &str) -> String {
