@@ -352,8 +352,11 @@ async fn run_mux(
         tokio::select! {
             _ = cancel.cancelled() => break true,
             Some(Internal::Closed(sid)) = int_rx.recv() => {
-                mux.forget(sid);
-                writers.remove(&sid);
+                // Our side is done; the peer's data keeps flowing to the
+                // local end until its FIN (half-close).
+                if mux.forget(sid) {
+                    writers.remove(&sid);
+                }
             }
             ev = dc.recv() => match ev {
                 None => bail!("data channel stopped"),

@@ -59,7 +59,8 @@ pub enum Command {
     },
     /// Forward local ports (or unix sockets) to HOST:PORT reachable from the target
     ///
-    /// Each forward is its own session; all run until Ctrl-C. On a terminal,
+    /// Each forward is its own session (and counts towards the gateway's
+    /// `sessions.max_per_target`); all run until Ctrl-C. On a terminal,
     /// open connections and bytes are shown live on stderr.
     Forward {
         /// Managed node id (mi-...)

@@ -620,8 +620,11 @@ async fn run_mux(
                 });
             }
             Some(sid) = closed_rx.recv() => {
-                mux.forget(sid);
-                writers.remove(&sid);
+                // Our side is done; the peer's data keeps flowing to the
+                // local end until its FIN (half-close).
+                if mux.forget(sid) {
+                    writers.remove(&sid);
+                }
             }
             ev = dc.recv() => match common(ev) {
                 Common::End(r) => return r,
