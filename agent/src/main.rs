@@ -4,6 +4,7 @@ mod agent;
 mod control;
 mod port;
 mod pty;
+mod recorder;
 mod register;
 mod session;
 mod state;
@@ -126,7 +127,9 @@ async fn main() -> Result<()> {
                 tls,
                 shell,
                 run_as,
+                state_dir: state_dir.clone(),
             });
+            recorder::resume_spooled(&agent);
             let root = CancellationToken::new();
             let tracker = TaskTracker::new();
             let control = control::Control::new(agent, root.clone(), tracker.clone());

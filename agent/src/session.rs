@@ -227,6 +227,8 @@ pub async fn run(
     .await?;
     debug!(exit_code_ok, "handshake complete");
 
+    let size = early_size.map_or((80, 24), |s| (clamp_dim(s.cols), clamp_dim(s.rows)));
+    let rec = crate::recorder::start(&agent, &task, "shell", size).await;
     let spec = shell_spec(&agent, &task)?;
     let mut pty = Pty::spawn(&spec)?;
     if let Some(size) = early_size {
@@ -245,8 +247,12 @@ pub async fn run(
     let (_, placeholder) = tokio::sync::mpsc::channel(1);
     let mut output = std::mem::replace(&mut pty.output, placeholder);
     let sender = dc.sender();
+    let rec_out = rec.clone();
     let mut output_pump = tokio::spawn(async move {
         while let Some(chunk) = output.recv().await {
+            if let Some(r) = &rec_out {
+                r.output(&chunk).await;
+            }
             sender.send(PayloadType::Output, chunk).await?;
         }
         Ok::<(), airlock_transport::datachannel::ChannelError>(())
@@ -259,6 +265,7 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => {
                 output_pump.abort();
+                finish(&rec).await;
                 pty.kill();
                 dc.close().await;
                 return Ok(Outcome::Cancelled);
@@ -283,6 +290,9 @@ pub async fn run(
                 }
                 Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
                     PayloadType::Output if exit_code.is_none() => {
+                        if let Some(r) = &rec {
+                            r.input(&payload).await;
+                        }
                         let open = pty.write(payload).await;
                         if !open {
                             debug!("pty input closed");
@@ -291,12 +301,19 @@ pub async fn run(
                     PayloadType::Size => {
                         if let Ok(size) = serde_json::from_slice::<TerminalSize>(&payload) {
                             pty.resize(clamp_dim(size.cols), clamp_dim(size.rows));
+                            if let Some(r) = &rec {
+                                r.resize(size.cols, size.rows).await;
+                            }
                         }
                     }
                     _ => {}
                 },
                 Some(ChannelEvent::Proto(Event::Control(frame))) => {
                     if is_channel_closed(&frame) {
+                        if !output_done {
+                            let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output_pump).await;
+                        }
+                        finish(&rec).await;
                         pty.kill();
                         dc.close().await;
                         return Ok(Outcome::Cancelled);
@@ -313,6 +330,7 @@ pub async fn run(
         }
     }
 
+    finish(&rec).await;
     let code = exit_code.unwrap_or(1);
     if exit_code_ok {
         dc.send(PayloadType::ExitCode, Bytes::from(format_exit_code(code)))
@@ -347,6 +365,12 @@ pub async fn run(
     .await;
     dc.close().await;
     Ok(Outcome::Exited(code))
+}
+
+pub(crate) async fn finish(rec: &Option<crate::recorder::Recorder>) {
+    if let Some(r) = rec {
+        r.finish().await;
+    }
 }
 
 fn clamp_dim(v: u32) -> u16 {
