@@ -13,6 +13,7 @@ pub mod handshake;
 pub mod params;
 pub mod plugin;
 pub mod port;
+pub mod recordings;
 pub mod session;
 pub mod terminal;
 
@@ -150,6 +151,10 @@ pub fn main_entry() -> i32 {
             run_async(
                 async move { commands::start_port_session(&conn_opts(&conn), &args, popts).await },
             )
+        }
+        cli::Command::Recordings { command, conn } => {
+            let opts = conn_opts(&conn);
+            run_async(async move { recordings::run(&opts, command).await })
         }
         cli::Command::Sessions { command, conn } => {
             let opts = conn_opts(&conn);
