@@ -19,6 +19,18 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub sessions: SessionsConfig,
     pub recordings: crate::recordings::RecordingsConfig,
+    pub iam: IamConfig,
+}
+
+/// `[iam]`: identity management. The account id used in ARNs is
+/// `aws.account_id`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IamConfig {
+    /// Declarative JSON file of users, groups, roles and policies applied
+    /// at every start (created or added, never deleted). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
 }
 
 /// Session lifecycle: concurrent-session limits and timeouts.
