@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use airlock_proto::messages::StartSessionTask;
 use airlock_recordings::event::ConnEvent;
 use airlock_recordings::{ChunkSealer, DataKey, Event, EventKind, RecordingEnd, RecordingHeader};
-use airlock_transport::api::{ApiClient, CallError};
+use airlock_transport::api::ApiClient;
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use base64::Engine;
@@ -53,8 +53,8 @@ pub trait DataKeySource: Send + Sync {
     ) -> Result<(String, DataKey, Vec<u8>)>;
 }
 
-/// The gateway's key service: `TrentService.GenerateDataKey`, falling back to
-/// the gateway's interim recordings key action while the KMS API is absent.
+/// The gateway's KMS: `TrentService.GenerateDataKey` with the agent's own
+/// credentials (the instance role allows `kms:GenerateDataKey`).
 pub struct GatewayKeys {
     pub api: ApiClient,
 }
@@ -81,31 +81,10 @@ impl DataKeySource for GatewayKeys {
             "KeySpec": "AES_256",
             "EncryptionContext": context,
         });
-        match self
+        let v = self
             .api
             .call_json("kms", "TrentService", "GenerateDataKey", &body)
-            .await
-        {
-            Ok(v) => return key_from_answer(&v),
-            Err(CallError::Api(e)) => {
-                debug!(code = %e.code, "GenerateDataKey via KMS API unavailable; using the recordings key action")
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let sid = context
-            .get("aws:ssm:SessionId")
-            .cloned()
-            .unwrap_or_default();
-        let v = call(
-            &self.api,
-            serde_json::json!({
-                "Action": "GenerateDataKey",
-                "SessionId": sid,
-                "KeyId": key_id,
-                "EncryptionContext": context,
-            }),
-        )
-        .await?;
+            .await?;
         key_from_answer(&v)
     }
 }

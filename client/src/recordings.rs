@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use airlock_recordings::search::{Pattern, Searcher};
 use airlock_recordings::{ChunkOpener, DataKey, Event, EventKind, RecordingEnd, RecordingHeader};
-use airlock_transport::api::{ApiClient, ApiError, CallError};
+use airlock_transport::api::{ApiClient, ApiError};
 use base64::Engine;
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -203,31 +203,16 @@ async fn fetch(api: &ApiClient, sid: &str, progress: bool) -> Result<Fetched, Cl
     })
 }
 
-/// Unwraps the data key with the caller's credentials: the KMS API first,
-/// then the gateway's interim recordings key action.
+/// Unwraps the data key with the caller's own credentials (`kms:Decrypt`
+/// under the recording's encryption context).
 async fn data_key(api: &ApiClient, h: &RecordingHeader) -> Result<DataKey, ClientError> {
     let body = json!({
         "CiphertextBlob": h.encrypted_data_key,
         "EncryptionContext": h.encryption_context,
     });
-    let v = match api.call_json("kms", "TrentService", "Decrypt", &body).await {
-        Ok(v) => v,
-        Err(CallError::Api(e)) if e.code == "AccessDeniedException" => {
-            return Err(ClientError::Api(e))
-        }
-        Err(CallError::Api(_)) => {
-            call(
-                api,
-                json!({
-                    "Action": "Decrypt",
-                    "CiphertextBlob": h.encrypted_data_key,
-                    "EncryptionContext": h.encryption_context,
-                }),
-            )
-            .await?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let v = api
+        .call_json("kms", "TrentService", "Decrypt", &body)
+        .await?;
     let plain = B64
         .decode(v["Plaintext"].as_str().unwrap_or_default())
         .map_err(|e| ClientError::BadResponse(e.to_string()))?;
