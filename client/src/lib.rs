@@ -15,6 +15,7 @@ pub mod handshake;
 pub mod params;
 pub mod plugin;
 pub mod port;
+pub mod recordings;
 pub mod session;
 pub mod terminal;
 
@@ -153,6 +154,10 @@ pub fn main_entry() -> i32 {
             )
         }
         cli::Command::Admin { args } => run_async(async move { admin::run(&args).await }),
+        cli::Command::Recordings { command, conn } => {
+            let opts = conn_opts(&conn);
+            run_async(async move { recordings::run(&opts, command).await })
+        }
         cli::Command::Sessions { command, conn } => {
             let opts = conn_opts(&conn);
             run_async(async move {
@@ -265,15 +270,6 @@ pub fn plugin_main(argv: &[String]) -> i32 {
 
 async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
     let tls = commands::tls_config()?;
-    if port::is_port_document(start.document_name.as_deref()) {
-        let popts = port::PortOptions {
-            bind: "127.0.0.1".into(),
-            stdio: false,
-            unix: None,
-            label: String::new(),
-        };
-        return port::run(start.session, tls, popts).await;
-    }
     // Credentials are only needed for ResumeSession; a session can run without them.
     let api = if start.legacy {
         None
@@ -291,6 +287,15 @@ async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
             }
         }
     };
+    if port::is_port_document(start.document_name.as_deref()) {
+        let popts = port::PortOptions {
+            bind: "127.0.0.1".into(),
+            stdio: false,
+            unix: None,
+            label: String::new(),
+        };
+        return port::run(start.session, tls, popts, api).await;
+    }
     SessionRunner {
         info: start.session,
         tls,
