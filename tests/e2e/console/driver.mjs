@@ -60,6 +60,9 @@ async function startShell(page) {
   await waitFor('a connected terminal', async () =>
     /Connected to/.test(await page.textContent('#term-status')),
   );
+  // Type only once the shell has prompted, as a person would; keys sent
+  // earlier are echoed by the tty before the prompt and garble the lines.
+  await waitTerminal(page, /[#$%>] *$/m, 'the shell prompt');
 }
 
 async function sttySize(page, marker) {
