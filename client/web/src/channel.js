@@ -14,6 +14,8 @@ const MAX_OUTGOING = 10000;
 const TICK_MS = 100;
 const MAX_RTO_MS = 1000;
 const MAX_RETRIES = 5;
+// The stock plugin gives up after this many resends of one message (~5 min).
+const MAX_RESENDS = 3000;
 
 function backoff(attempt) {
   const d0 = 100 + Math.floor(Math.random() * 100);
@@ -274,6 +276,12 @@ export class DataChannel {
     if (!head || !this.ws || this.ws.readyState !== WebSocket.OPEN) return;
     const now = performance.now();
     if (now - head.lastSent > this.rto) {
+      if (head.resent >= MAX_RESENDS) {
+        this.finish();
+        this.onFailed(`no acknowledgement from the agent after ${MAX_RESENDS} resends`);
+        if (this.ws) this.ws.close(1000);
+        return;
+      }
       this.ws.send(head.bytes);
       head.lastSent = now;
       head.resent++;

@@ -162,6 +162,7 @@ const scenarios = {
   async sessions(page) {
     await signIn(page);
     await page.waitForSelector('#instances', { timeout: TIMEOUT });
+    if (cfg.artifacts) await page.screenshot({ path: join(cfg.artifacts, 'console-instances.png') });
     await page.click('#nav-sessions');
     const row = `#active-sessions tr[data-session="${cfg.sessionId}"]`;
     await page.waitForSelector(row, { timeout: TIMEOUT });
@@ -169,6 +170,7 @@ const scenarios = {
     await page.waitForSelector(`#history-sessions tr[data-session="${cfg.sessionId}"]`, { timeout: TIMEOUT });
     result.historyRow = await page.locator(`#history-sessions tr[data-session="${cfg.sessionId}"]`).innerText();
     result.activeLeft = await page.locator(row).count();
+    if (cfg.artifacts) await page.screenshot({ path: join(cfg.artifacts, 'console-sessions.png') });
   },
 
   // Response headers of the console's assets.
