@@ -13,6 +13,9 @@ pub struct Principal {
     pub access_key_id: String,
     /// `user/<name>` or `instance/<mi-id>`.
     pub principal: String,
+    /// For an instance: the IAM role its activation named (its policies
+    /// authorize the agent's calls). `None` for users.
+    pub role: Option<String>,
 }
 
 impl Principal {
@@ -25,11 +28,17 @@ impl Principal {
     /// IAM-style ARN used as SessionOwner / Owner.
     pub fn arn(&self, account_id: &str) -> String {
         match self.instance_id() {
-            Some(id) => format!("arn:aws:sts::{account_id}:assumed-role/instance/{id}"),
+            Some(id) => format!(
+                "arn:aws:sts::{account_id}:assumed-role/{}/{id}",
+                self.role.as_deref().unwrap_or(DEFAULT_INSTANCE_ROLE)
+            ),
             None => format!("arn:aws:iam::{account_id}:{}", self.principal),
         }
     }
 }
+
+/// The role an instance acts as when its activation named none.
+pub const DEFAULT_INSTANCE_ROLE: &str = "AirlockManagedInstance";
 
 /// Maps a verification failure to the AWS JSON error (always HTTP 400 here;
 /// botocore reads the code from `__type`).
@@ -58,8 +67,35 @@ pub async fn authenticate(
         now: time::OffsetDateTime::now_utc(),
     };
     verify_request(req, &parsed, &key.secret, &opts).map_err(|e| auth_error(&e))?;
+    // Checked after the signature so an unauthenticated caller cannot probe
+    // which key ids exist but are disabled; AWS answers an inactive key
+    // exactly like an unknown one.
+    if key.status != "Active" {
+        return Err(auth_error(&AuthError::UnrecognizedClient));
+    }
+    let role = match key.principal.strip_prefix("instance/") {
+        Some(id) => Some(
+            state
+                .store
+                .get_instance(id)
+                .await?
+                // An activation may name the role by ARN or path; the role's
+                // name is its last segment.
+                .map(|i| {
+                    i.iam_role
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| DEFAULT_INSTANCE_ROLE.to_string()),
+        ),
+        None => None,
+    };
     Ok(Principal {
         access_key_id: key.access_key_id,
         principal: key.principal,
+        role,
     })
 }

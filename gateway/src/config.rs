@@ -18,6 +18,19 @@ pub struct Config {
     pub aws: AwsConfig,
     pub limits: LimitsConfig,
     pub sessions: SessionsConfig,
+    pub recordings: crate::recordings::RecordingsConfig,
+    pub iam: IamConfig,
+}
+
+/// `[iam]`: identity management. The account id used in ARNs is
+/// `aws.account_id`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IamConfig {
+    /// Declarative JSON file of users, groups, roles and policies applied
+    /// at every start (created or added, never deleted). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
 }
 
 /// Session lifecycle: concurrent-session limits and timeouts.
@@ -216,6 +229,7 @@ impl Config {
         if self.aws.region.is_empty() {
             return Err(GatewayError::Config("aws.region must not be empty".into()));
         }
+        self.recordings.validate().map_err(GatewayError::Config)?;
         if self.aws.account_id.len() != 12
             || !self.aws.account_id.bytes().all(|b| b.is_ascii_digit())
         {
