@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Agent, Gateway, LineReader, binary
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from conftest import REGION, ROOT, Agent, Gateway, LineReader, binary
 
 DRIVER = Path(__file__).resolve().parent / "console" / "driver.mjs"
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -151,3 +155,34 @@ def test_console_shows_session_limit_in_the_api_words(workdir):
             ag.stop()
     finally:
         gw.stop()
+
+
+def iam(gateway, action, **body):
+    """One signed call to the gateway's admin API (AirlockIAM.*) as admin."""
+    key, secret = gateway.admin_keys()
+    req = AWSRequest(
+        method="POST", url=gateway.url + "/airlock/v1/iam", data=json.dumps(body),
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": f"AirlockIAM.{action}"},
+    )
+    SigV4Auth(Credentials(key, secret), "iam", REGION).add_auth(req)
+    ctx = ssl.create_default_context(cafile=gateway.ca_bundle)
+    http_req = urllib.request.Request(req.url, data=req.body, headers=dict(req.headers), method="POST")
+    with urllib.request.urlopen(http_req, context=ctx, timeout=10) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def test_console_denied_user_sees_access_denied(gateway, agent):
+    iam(gateway, "CreateUser", UserName="viewer")
+    iam(gateway, "PutUserPolicy", UserName="viewer", PolicyName="look-only", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
+            "ssm:DescribeInstanceInformation", "ssm:ListTagsForResource", "ssm:DescribeSessions"]}],
+    }))
+    k = iam(gateway, "CreateAccessKey", UserName="viewer")["AccessKey"]
+    r = drive(gateway, "startRefused", key=k["AccessKeyId"], secret=k["SecretAccessKey"],
+              instanceId=agent.instance_id)
+    assert r["error"].startswith(
+        "AccessDeniedException: User: arn:aws:iam::"
+    ), r["error"]
+    assert ":user/viewer is not authorized to perform: ssm:StartSession on resource: " in r["error"], r["error"]
+    assert "because no identity-based policy allows the ssm:StartSession action" in r["error"], r["error"]
