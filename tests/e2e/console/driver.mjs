@@ -173,6 +173,33 @@ const scenarios = {
     if (cfg.artifacts) await page.screenshot({ path: join(cfg.artifacts, 'console-sessions.png') });
   },
 
+  // A recording is listed, decrypted and verified in the page, and a search
+  // hit seeks the player to the hit's time.
+  async playback(page) {
+    await signIn(page);
+    await page.waitForSelector('#instances', { timeout: TIMEOUT });
+    await page.click('#nav-recordings');
+    const row = `#recordings tr[data-session="${cfg.sessionId}"]`;
+    await page.waitForSelector(row, { timeout: TIMEOUT });
+    await page.click(`${row} button.play`);
+    await page.waitForSelector('#search', { timeout: TIMEOUT });
+    result.status = await page.textContent('#rec-status');
+    await page.fill('#search', cfg.query);
+    await page.click('#search-go');
+    await page.waitForSelector('#hits button.hit', { timeout: TIMEOUT });
+    result.hits = await page.locator('#hits button.hit').allInnerTexts();
+    await page.locator('#hits button.hit').first().click();
+    const t = await waitFor('the player to seek', async () => {
+      const m = /([\d.]+) s/.exec(await page.textContent('#player-time'));
+      return m && Number(m[1]) > 0 ? Number(m[1]) : null;
+    });
+    result.seekedTo = t;
+    if (cfg.artifacts) {
+      mkdirSync(cfg.artifacts, { recursive: true });
+      await page.screenshot({ path: join(cfg.artifacts, 'console-playback.png') });
+    }
+  },
+
   // Response headers of the console's assets.
   async headers(page) {
     const resp = await page.goto(`${cfg.url}/console/`);
