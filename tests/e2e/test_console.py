@@ -251,3 +251,18 @@ def test_console_plays_recording_and_search_seeks(gateway, agent):
     assert abs(r["seekedTo"] - 5.25) < 0.05, r
     assert r["cspViolations"] == [], r["cspViolations"]
     assert (ARTIFACTS / "console-playback.png").stat().st_size > 1000
+
+
+def test_console_refuses_an_altered_recording(gateway, agent):
+    ssm = gateway.client()
+    sid = ssm.start_session(Target=agent.instance_id)["SessionId"]
+    ssm.terminate_session(SessionId=sid)
+    write_recording(gateway, agent, sid, [[(0.1, b"one\r\n")], [(0.2, b"two\r\n")]])
+    # Alter one ciphertext byte of chunk 1 where the gateway stored it.
+    [chunk] = [p for p in gateway.data_dir.rglob("000000000001.alrc") if sid in str(p)]
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 1
+    chunk.write_bytes(bytes(data))
+    r = drive(gateway, "playbackRefused", sessionId=sid)
+    assert r["error"] == "chunk 1 failed authentication (altered, or the wrong key)", r["error"]
+    assert r["player"] == 0

@@ -200,6 +200,16 @@ const scenarios = {
     }
   },
 
+  // An altered recording is refused with the reason, not played.
+  async playbackRefused(page) {
+    await signIn(page);
+    await page.waitForSelector('#instances', { timeout: TIMEOUT });
+    await page.goto(`${cfg.url}/console/#/recordings/${encodeURIComponent(cfg.sessionId)}`);
+    await page.waitForSelector('#error:not([hidden])', { timeout: TIMEOUT });
+    result.error = await page.textContent('#error');
+    result.player = await page.locator('#player').count();
+  },
+
   // Response headers of the console's assets.
   async headers(page) {
     const resp = await page.goto(`${cfg.url}/console/`);
