@@ -112,6 +112,13 @@ def test_console_wrong_secret_shows_api_error(gateway):
     assert r["stored"] is None
 
 
+def test_console_sign_in_link_fragment(gateway, agent):
+    key, secret = gateway.admin_keys()
+    r = drive(gateway, "link", instanceId=agent.instance_id)
+    assert r["whoami"] == key
+    assert secret not in r["url"] and r["url"].endswith("/console/#/instances"), r["url"]
+
+
 def test_console_reconnects_with_resume_session(gateway, agent):
     r = drive(gateway, "reconnect", instanceId=agent.instance_id)
     assert r["resumed"]

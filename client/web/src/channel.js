@@ -147,6 +147,9 @@ export class DataChannel {
       }
     } finally {
       this.reconnecting = false;
+      // A socket that dropped again while we were finishing up was ignored
+      // by the guard above; go round once more.
+      if (!this.finished && !this.ws) this.reconnect();
     }
   }
 

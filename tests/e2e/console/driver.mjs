@@ -133,6 +133,16 @@ const scenarios = {
     result.stored = await page.evaluate(() => sessionStorage.getItem('airlock.credentials'));
   },
 
+  // A sign-in link (credentials in the fragment, never sent to a server)
+  // signs the tab in and is scrubbed from the address bar.
+  async link(page) {
+    const q = new URLSearchParams({ AccessKeyId: cfg.accessKeyId, SecretAccessKey: cfg.secret });
+    await page.goto(`${cfg.url}/console/#/signin?${q}`);
+    await page.waitForSelector(`tr[data-instance="${cfg.instanceId}"]`, { timeout: TIMEOUT });
+    result.url = page.url();
+    result.whoami = await page.textContent('#whoami');
+  },
+
   // StartSession refused (e.g. AccessDenied or a limit): shown as worded.
   async startRefused(page) {
     await signIn(page);
