@@ -301,9 +301,4 @@ export class DataChannel {
     this.finish();
     if (this.ws) this.ws.close(1000);
   }
-
-  /** Drops the socket as a network failure would; the channel reconnects. */
-  dropSocket() {
-    if (this.ws) this.ws.close(4000, 'dropped');
-  }
 }
