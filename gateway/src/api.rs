@@ -147,10 +147,13 @@ pub async fn ssm(state: &Arc<AppState>, req: &ReadRequest) -> ApiResult {
         "AddTagsToResource" => add_tags(state, req, &principal).await,
         "RemoveTagsFromResource" => remove_tags(state, req, &principal).await,
         "ListTagsForResource" => list_tags(state, req, &principal).await,
-        _ => Err(ApiError::new(
-            "UnknownOperationException",
-            format!("Unknown operation {op}."),
-        )),
+        _ => match crate::documents::api(state, req, &principal, op).await {
+            Some(r) => r,
+            None => Err(ApiError::new(
+                "UnknownOperationException",
+                format!("Unknown operation {op}."),
+            )),
+        },
     }
 }
 
@@ -453,7 +456,12 @@ async fn start_session(
     if let Some(reason) = &r.reason {
         check_len("Reason", reason, 1, 256)?;
     }
-    let resolved = crate::documents::resolve(r.document_name.as_deref(), r.parameters)?;
+    let resolved = crate::documents::resolve_for_session(
+        &state.documents,
+        r.document_name.as_deref(),
+        r.parameters,
+    )
+    .await?;
     let document = resolved.name.clone();
     // Both the target and the document need an Allow (the default shell
     // document too: Airlock always performs ssm:SessionDocumentAccessCheck).
@@ -468,6 +476,7 @@ async fn start_session(
         return Err(not_connected());
     }
     let agent = state.hub.agent(&target).ok_or_else(not_connected)?;
+    state.recordings.admit_session().await?;
     let user = require_user(principal)?;
     let session_id = format!("{user}-{}", hex17());
     let owner = principal.arn(&state.config.aws.account_id);
@@ -794,7 +803,7 @@ async fn describe_sessions(state: &AppState, req: &ReadRequest) -> ApiResult {
                 "DocumentName": s.document_name,
                 "Owner": s.owner,
                 "Details": s.details,
-                "OutputUrl": {},
+                "OutputUrl": state.recordings.output_url(&s.session_id).map(|u| json!({"S3OutputUrl": u})).unwrap_or_else(|| json!({})),
                 "AccessType": "Standard",
             });
             if !s.reason.is_empty() {

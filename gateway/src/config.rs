@@ -18,6 +18,7 @@ pub struct Config {
     pub aws: AwsConfig,
     pub limits: LimitsConfig,
     pub sessions: SessionsConfig,
+    pub recordings: crate::recordings::RecordingsConfig,
     pub iam: IamConfig,
 }
 
@@ -245,6 +246,7 @@ impl Config {
         if self.aws.region.is_empty() {
             return Err(GatewayError::Config("aws.region must not be empty".into()));
         }
+        self.recordings.validate().map_err(GatewayError::Config)?;
         if self.aws.account_id.len() != 12
             || !self.aws.account_id.bytes().all(|b| b.is_ascii_digit())
         {

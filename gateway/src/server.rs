@@ -32,6 +32,8 @@ pub struct AppState {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub hub: Hub,
+    pub kms: crate::kms_api::Kms,
+    pub documents: crate::documents::DocStore,
     /// Root of every session's cancellation token.
     pub sessions_cancel: CancellationToken,
     pub tracker: TaskTracker,
@@ -41,6 +43,7 @@ pub struct AppState {
     pub audit: crate::audit::AuditLog,
     /// Mints and verifies agents' short-lived role credentials.
     pub role_creds: crate::role_creds::RoleCredentialMinter,
+    pub recordings: crate::recordings::Recordings,
 }
 
 /// A configured gateway, ready to serve.
@@ -86,6 +89,13 @@ impl Gateway {
         let root_key = load_root_key(&dir.join("root.key"))?;
         let store = SqliteStore::open(&dir.join("gateway.db"), &root_key)?;
         let store: Arc<dyn Store> = Arc::new(store);
+        let kms = crate::kms_api::Kms::open(
+            &dir.join("gateway.db"),
+            crate::kms_store::kms_root_key(&root_key)?,
+            &config.aws.region,
+            &config.aws.account_id,
+        )?;
+        let documents = crate::documents::DocStore::open(&dir.join("gateway.db"))?;
         let iam = crate::iam_store::SqliteIamStore::open(&dir.join("gateway.db"))?;
         let iam: Arc<dyn crate::iam_store::IamStore> = Arc::new(iam);
         crate::admin_api::bootstrap(iam.as_ref()).await?;
@@ -121,10 +131,20 @@ impl Gateway {
             Some(crate::tls::acceptor(&paths)?)
         };
 
+        let recordings = crate::recordings::Recordings::new(
+            &config.recordings,
+            &dir,
+            &config.aws.region,
+            &config.aws.account_id,
+        )
+        .map_err(GatewayError::Config)?;
         let state = Arc::new(AppState {
+            recordings,
             config,
             store,
             hub: Hub::new(),
+            kms,
+            documents,
             sessions_cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             iam,
@@ -352,6 +372,9 @@ async fn route_inner(
             return crate::ws::upgrade(state, req, crate::ws::Channel::Data(id));
         }
     }
+    if crate::console::is_console_path(&path) {
+        return crate::console::serve(&state, req.method(), &path, secure);
+    }
     if req.method() != http::Method::POST {
         return error_response(&ApiError {
             status: 404,
@@ -384,12 +407,19 @@ async fn route_inner(
     let is_admin = rr
         .header("x-amz-target")
         .is_some_and(|t| t.starts_with("AirlockIAM."));
+    let is_kms = rr
+        .header("x-amz-target")
+        .is_some_and(|t| t.starts_with("TrentService."));
     let result = if (rr.path == "/" && is_admin) || rr.path == "/airlock/v1/iam" {
         crate::admin_api::handle(&state, &rr).await
+    } else if rr.path == "/" && is_kms {
+        crate::kms_api::handle(&state, &rr).await
     } else if rr.path == "/" {
         crate::api::ssm(&state, &rr).await
     } else if rr.path == crate::role_creds::PATH {
         crate::role_creds::handle(&state, &rr).await
+    } else if rr.path == "/airlock/v1/recordings" {
+        crate::recordings::handle(&state, &rr).await
     } else if rr.path == "/airlock/v1/register" {
         crate::api::register(&state, &rr).await
     } else if let Some(id) = rr.path.strip_prefix("/v1/control-channel/") {

@@ -1,0 +1,744 @@
+//! Session recordings on the gateway side: the ingest/read endpoint
+//! (`POST /airlock/v1/recordings`), the storage interface with local-disk and
+//! S3 backends, and the fail-closed admission check.
+//!
+//! The gateway only ever handles sealed chunks: the data key is wrapped by the
+//! key service under an encryption context naming the session, and unwrapped
+//! by the agent (to seal) and the reading client (to open). Object layout is
+//! in `docs/RECORDINGS.md`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::auth::{authenticate, Principal};
+use crate::error::ApiError;
+use crate::server::{json_response, AppState, Body, ReadRequest};
+use crate::store::SessionFilter;
+
+mod s3;
+pub use s3::S3Storage;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// Largest chunk accepted from an agent.
+const MAX_CHUNK: usize = 512 * 1024;
+/// Cap on the chunk bytes returned by one `GetChunks` call.
+const MAX_READ_BATCH: usize = 4 << 20;
+/// The default key recordings are wrapped with (created on first use).
+pub const DEFAULT_KEY_ALIAS: &str = "alias/airlock/recordings";
+
+type ApiResult = Result<http::Response<Body>, ApiError>;
+
+/// `[recordings]` in the gateway configuration.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingsConfig {
+    /// Record sessions at all. Default true.
+    pub enabled: bool,
+    /// `local` (under the data dir, the default) or `s3`.
+    pub storage: String,
+    /// Local storage root. Default `<data_dir>/recordings`.
+    pub local_dir: Option<PathBuf>,
+    /// S3-compatible endpoint, e.g. `http://127.0.0.1:9000` (path-style).
+    pub s3_endpoint: String,
+    pub s3_bucket: String,
+    /// Key prefix inside the bucket. Default `recordings/`.
+    pub s3_prefix: String,
+    /// SigV4 region for S3. Default `us-east-1`.
+    pub s3_region: String,
+    pub s3_access_key_id: String,
+    /// Secret for S3; prefer `s3_secret_file` or `$AIRLOCK_S3_SECRET_ACCESS_KEY`.
+    pub s3_secret_access_key: String,
+    pub s3_secret_file: Option<PathBuf>,
+    /// PEM CA bundle for an `https://` endpoint (default: public roots).
+    pub s3_ca_bundle: Option<PathBuf>,
+    /// Refuse sessions (and tell agents to end them) when recordings cannot
+    /// be made durable. Default false.
+    pub fail_closed: bool,
+    /// How long one chunk put is retried (with backoff) before the agent is
+    /// told to keep it and retry later, seconds. Default 10.
+    pub retry_secs: u64,
+}
+
+impl std::fmt::Debug for RecordingsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingsConfig")
+            .field("enabled", &self.enabled)
+            .field("storage", &self.storage)
+            .field("local_dir", &self.local_dir)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_bucket", &self.s3_bucket)
+            .field("s3_prefix", &self.s3_prefix)
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field("s3_secret_access_key", &"<redacted>")
+            .field("fail_closed", &self.fail_closed)
+            .field("retry_secs", &self.retry_secs)
+            .finish()
+    }
+}
+
+impl Default for RecordingsConfig {
+    fn default() -> Self {
+        RecordingsConfig {
+            enabled: true,
+            storage: "local".into(),
+            local_dir: None,
+            s3_endpoint: String::new(),
+            s3_bucket: String::new(),
+            s3_prefix: "recordings/".into(),
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: String::new(),
+            s3_secret_file: None,
+            s3_ca_bundle: None,
+            fail_closed: false,
+            retry_secs: 10,
+        }
+    }
+}
+
+impl RecordingsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        match self.storage.as_str() {
+            "local" => Ok(()),
+            "s3" => {
+                if self.s3_endpoint.is_empty() || self.s3_bucket.is_empty() {
+                    return Err(
+                        "recordings.storage = \"s3\" needs s3_endpoint and s3_bucket".into(),
+                    );
+                }
+                if self.s3_access_key_id.is_empty() {
+                    return Err("recordings.storage = \"s3\" needs s3_access_key_id".into());
+                }
+                Ok(())
+            }
+            other => Err(format!(
+                "recordings.storage must be \"local\" or \"s3\", not {other:?}"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage rejected the request: {0}")]
+    Rejected(String),
+}
+
+/// Where recordings live. Every `put` returns only once the object is durable.
+#[async_trait]
+pub trait RecordingStorage: Send + Sync {
+    async fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError>;
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Every key under `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// A URL naming `key` for DescribeSessions' `OutputUrl.S3OutputUrl`.
+    fn url(&self, key: &str) -> String;
+}
+
+/// Objects as files under a root directory, written atomically and fsynced.
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    pub fn new(root: PathBuf) -> Self {
+        LocalStorage { root }
+    }
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        // Keys are built from validated ids, but never let one escape root.
+        if key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(StorageError::Rejected(format!("bad key {key:?}")));
+        }
+        Ok(self.root.join(key))
+    }
+}
+
+fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().expect("keys have a parent");
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", uuid::Uuid::new_v4().simple()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[async_trait]
+impl RecordingStorage for LocalStorage {
+    async fn put(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        let data = data.to_vec();
+        tokio::task::spawn_blocking(move || write_durable(&path, &data))
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?
+            .map_err(|e| StorageError::Unavailable(e.to_string()))
+    }
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let path = self.path(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::Unavailable(e.to_string())),
+        }
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                let rd = match std::fs::read_dir(&dir) {
+                    Ok(rd) => rd,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StorageError::Unavailable(e.to_string())),
+                };
+                for ent in rd.flatten() {
+                    let p = ent.path();
+                    let rel = p
+                        .strip_prefix(&root)
+                        .map(|r| r.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if p.is_dir() {
+                        if prefix.starts_with(&rel) || rel.starts_with(&prefix) {
+                            stack.push(p);
+                        }
+                    } else if rel.starts_with(&prefix) && !rel.contains(".tmp") {
+                        out.push(rel);
+                    }
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?
+    }
+    fn url(&self, key: &str) -> String {
+        format!("file://{}", self.root.join(key).display())
+    }
+}
+
+/// The recordings half of the gateway state.
+pub struct Recordings {
+    pub config: RecordingsConfig,
+    pub storage: Arc<dyn RecordingStorage>,
+    prefix: String,
+    keys: interim_kms::InterimKeys,
+}
+
+impl Recordings {
+    pub fn new(
+        config: &RecordingsConfig,
+        data_dir: &Path,
+        region: &str,
+        account: &str,
+    ) -> Result<Recordings, String> {
+        config.validate()?;
+        let (storage, prefix): (Arc<dyn RecordingStorage>, String) = match config.storage.as_str() {
+            "s3" => {
+                let secret = if let Some(f) = &config.s3_secret_file {
+                    std::fs::read_to_string(f)
+                        .map_err(|e| format!("{}: {e}", f.display()))?
+                        .trim()
+                        .to_string()
+                } else if !config.s3_secret_access_key.is_empty() {
+                    config.s3_secret_access_key.clone()
+                } else {
+                    std::env::var("AIRLOCK_S3_SECRET_ACCESS_KEY").map_err(|_| {
+                        "recordings.storage = \"s3\" needs a secret (s3_secret_file, s3_secret_access_key or $AIRLOCK_S3_SECRET_ACCESS_KEY)".to_string()
+                    })?
+                };
+                let s3 = S3Storage::new(
+                    &config.s3_endpoint,
+                    &config.s3_bucket,
+                    &config.s3_region,
+                    &config.s3_access_key_id,
+                    &secret,
+                    config.s3_ca_bundle.as_deref(),
+                )?;
+                (Arc::new(s3), normalize_prefix(&config.s3_prefix))
+            }
+            _ => {
+                let root = config
+                    .local_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("recordings"));
+                (Arc::new(LocalStorage::new(root)), String::new())
+            }
+        };
+        let keys = interim_kms::InterimKeys::open(data_dir, region, account)?;
+        Ok(Recordings {
+            config: config.clone(),
+            storage,
+            prefix,
+            keys,
+        })
+    }
+
+    pub fn session_prefix(&self, session_id: &str) -> String {
+        format!("{}{session_id}/", self.prefix)
+    }
+
+    /// DescribeSessions' `OutputUrl.S3OutputUrl` for a session.
+    pub fn output_url(&self, session_id: &str) -> Option<String> {
+        self.config
+            .enabled
+            .then(|| self.storage.url(&self.session_prefix(session_id)))
+    }
+
+    /// One durable put, retried with backoff for `retry_secs`.
+    async fn put_retrying(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.retry_secs);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.storage.put(key, data).await {
+                Ok(()) => return Ok(()),
+                Err(StorageError::Rejected(m)) => return Err(StorageError::Rejected(m)),
+                Err(e) => {
+                    if tokio::time::Instant::now() + delay > deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(key, error = %e, "recording put failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Fail-closed admission: a session may start only if storage takes a
+    /// probe write now.
+    pub async fn admit_session(&self) -> Result<(), ApiError> {
+        if !self.config.enabled || !self.config.fail_closed {
+            return Ok(());
+        }
+        let probe = format!("{}.airlock-probe", self.prefix);
+        let r = tokio::time::timeout(Duration::from_secs(5), self.storage.put(&probe, b"ok")).await;
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(&e.to_string())),
+            Err(_) => Err(unavailable("timed out")),
+        }
+    }
+}
+
+fn unavailable(why: &str) -> ApiError {
+    ApiError::new(
+        "RecordingUnavailable",
+        format!("Session recording cannot be made durable and recordings fail closed: {why}"),
+    )
+}
+
+fn normalize_prefix(p: &str) -> String {
+    let p = p.trim_matches('/');
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!("{p}/")
+    }
+}
+
+fn valid_session_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !s.starts_with('.')
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Req {
+    action: String,
+    session_id: Option<String>,
+    seq: Option<u64>,
+    data: Option<String>,
+    from: Option<u64>,
+    target: Option<String>,
+    owner: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+    key_id: Option<String>,
+    encryption_context: Option<std::collections::BTreeMap<String, String>>,
+    ciphertext_blob: Option<String>,
+}
+
+fn ok(v: Value) -> ApiResult {
+    Ok(json_response(http::StatusCode::OK, &v))
+}
+
+fn decode_b64(s: Option<&String>, what: &str, max: usize) -> Result<Vec<u8>, ApiError> {
+    let s = s.ok_or_else(|| ApiError::validation(format!("{what} is required.")))?;
+    if s.len() > max.div_ceil(3) * 4 + 4 {
+        return Err(ApiError::validation(format!("{what} is too large.")));
+    }
+    B64.decode(s)
+        .map_err(|_| ApiError::validation(format!("{what} is not valid base64.")))
+}
+
+fn storage_error(e: StorageError) -> ApiError {
+    tracing::warn!(error = %e, "recording storage");
+    ApiError {
+        status: 503,
+        ..ApiError::new(
+            "ServiceUnavailable",
+            "Recording storage is unavailable; retry later.",
+        )
+    }
+}
+
+pub fn chunk_key(prefix: &str, seq: u64) -> String {
+    format!("{prefix}chunks/{seq:012}.alrc")
+}
+
+/// `POST /airlock/v1/recordings` (SigV4, service `ssm` for users and
+/// `ssmmessages` for agents); the operation is the body's `Action`.
+pub async fn handle(state: &Arc<AppState>, req: &ReadRequest) -> ApiResult {
+    let principal = authenticate(state, &req.sigv4(), &["ssm", "ssmmessages"]).await?;
+    let r: Req = serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::new("SerializationException", e.to_string()))?;
+    let rec = &state.recordings;
+    match r.action.as_str() {
+        "PutHeader" | "PutChunk" | "PutEnd" => agent_put(state, req, &principal, &r).await,
+        "GenerateDataKey" => {
+            let (sid, target) = agent_session(state, &principal, &r).await?;
+            let ctx = r.encryption_context.clone().unwrap_or_default();
+            if ctx.get("aws:ssm:SessionId") != Some(&sid)
+                || ctx.get("aws:ssm:TargetId") != Some(&target)
+            {
+                return Err(ApiError::access_denied(
+                    "The encryption context must name this session and target.",
+                ));
+            }
+            let (key_id, blob, plain) = rec.keys.generate(r.key_id.as_deref(), &ctx)?;
+            ok(
+                json!({"KeyId": key_id, "CiphertextBlob": B64.encode(blob), "Plaintext": B64.encode(plain.expose())}),
+            )
+        }
+        "Decrypt" => {
+            let ctx = r.encryption_context.clone().unwrap_or_default();
+            let blob = decode_b64(r.ciphertext_blob.as_ref(), "CiphertextBlob", 4096)?;
+            let key_arn = rec.keys.key_arn_of(&blob)?;
+            let mut c = airlock_iam::Context::default();
+            for (k, v) in &ctx {
+                c.insert(&format!("kms:EncryptionContext:{k}"), v.clone());
+            }
+            crate::authz::authorize(state, req, &principal, "kms:Decrypt", &[key_arn], c).await?;
+            let (key_id, plain) = rec.keys.decrypt(&blob, &ctx)?;
+            ok(json!({"KeyId": key_id, "Plaintext": B64.encode(plain.expose())}))
+        }
+        "List" => list(state, req, &principal, &r).await,
+        "Get" | "GetChunks" => read(state, req, &principal, &r).await,
+        other => Err(ApiError::new(
+            "UnknownOperationException",
+            format!("Unknown recordings action {other}."),
+        )),
+    }
+}
+
+async fn agent_session(
+    state: &AppState,
+    principal: &Principal,
+    r: &Req,
+) -> Result<(String, String), ApiError> {
+    let instance = principal.instance_id().ok_or_else(|| {
+        ApiError::access_denied("Only the session's target writes its recording.")
+    })?;
+    let sid = r
+        .session_id
+        .clone()
+        .filter(|s| valid_session_id(s))
+        .ok_or_else(|| ApiError::validation("SessionId is missing or invalid."))?;
+    let s = state
+        .store
+        .get_session(&sid)
+        .await?
+        .ok_or_else(|| ApiError::new("DoesNotExistException", "Session does not exist."))?;
+    if s.target != instance {
+        return Err(ApiError::access_denied("Session is for another target."));
+    }
+    Ok((sid, s.target))
+}
+
+async fn agent_put(
+    state: &AppState,
+    _req: &ReadRequest,
+    principal: &Principal,
+    r: &Req,
+) -> ApiResult {
+    let rec = &state.recordings;
+    if !rec.config.enabled {
+        return Err(ApiError::new("RecordingDisabled", "Recording is disabled."));
+    }
+    let (sid, _) = agent_session(state, principal, r).await?;
+    let prefix = rec.session_prefix(&sid);
+    let data = decode_b64(r.data.as_ref(), "Data", MAX_CHUNK)?;
+    let key = match r.action.as_str() {
+        "PutHeader" => {
+            airlock_recordings::RecordingHeader::parse(&data)
+                .map_err(|e| ApiError::validation(e.to_string()))?;
+            let key = format!("{prefix}header.json");
+            // Write once: a header seeds the chain, so it is never replaced.
+            if let Some(existing) = rec.storage.get(&key).await.map_err(storage_error)? {
+                if existing != data {
+                    return Err(ApiError::new(
+                        "ConflictException",
+                        "The recording header already exists.",
+                    ));
+                }
+                return ok(json!({"FailClosed": rec.config.fail_closed}));
+            }
+            key
+        }
+        "PutChunk" => {
+            let seq = r
+                .seq
+                .ok_or_else(|| ApiError::validation("Seq is required."))?;
+            let p = airlock_recordings::chunk::parse_prefix(&data)
+                .map_err(|e| ApiError::validation(e.to_string()))?;
+            if p.seq != seq {
+                return Err(ApiError::validation("Seq does not match the chunk."));
+            }
+            chunk_key(&prefix, seq)
+        }
+        _ => {
+            let _: airlock_recordings::RecordingEnd = serde_json::from_slice(&data)
+                .map_err(|e| ApiError::validation(format!("End: {e}")))?;
+            format!("{prefix}end.json")
+        }
+    };
+    rec.put_retrying(&key, &data).await.map_err(storage_error)?;
+    ok(json!({"FailClosed": rec.config.fail_closed}))
+}
+
+fn session_arn(state: &AppState, sid: &str) -> String {
+    format!(
+        "arn:aws:ssm:{}:{}:session/{sid}",
+        state.config.aws.region, state.config.aws.account_id
+    )
+}
+
+async fn list(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Req) -> ApiResult {
+    crate::authz::authorize(
+        state,
+        req,
+        principal,
+        "ssm:ListSessionRecordings",
+        &["*".to_string()],
+        airlock_iam::Context::default(),
+    )
+    .await?;
+    let f = SessionFilter {
+        target: r.target.clone(),
+        owner: r.owner.clone(),
+        invoked_after_ms: r.since,
+        invoked_before_ms: r.until,
+        ..Default::default()
+    };
+    let rec = &state.recordings;
+    let sessions = state.store.list_sessions(f).await?;
+    let mut out = Vec::new();
+    for s in sessions {
+        let prefix = rec.session_prefix(&s.session_id);
+        let keys = rec.storage.list(&prefix).await.map_err(storage_error)?;
+        if !keys.iter().any(|k| k.ends_with("header.json")) {
+            continue;
+        }
+        out.push(json!({
+            "SessionId": s.session_id,
+            "Target": s.target,
+            "Owner": s.owner,
+            "Status": s.status,
+            "StartDate": s.start_ms as f64 / 1000.0,
+            "EndDate": s.end_ms.map(|e| e as f64 / 1000.0),
+            "Chunks": keys.iter().filter(|k| k.contains("/chunks/")).count(),
+            "Complete": keys.iter().any(|k| k.ends_with("end.json")),
+            "OutputUrl": rec.storage.url(&prefix),
+        }));
+    }
+    ok(json!({"Recordings": out}))
+}
+
+async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Req) -> ApiResult {
+    let sid = r
+        .session_id
+        .clone()
+        .filter(|s| valid_session_id(s))
+        .ok_or_else(|| ApiError::validation("SessionId is missing or invalid."))?;
+    crate::authz::authorize(
+        state,
+        req,
+        principal,
+        "ssm:GetSessionRecording",
+        &[session_arn(state, &sid)],
+        airlock_iam::Context::default(),
+    )
+    .await?;
+    let rec = &state.recordings;
+    let prefix = rec.session_prefix(&sid);
+    let keys = rec.storage.list(&prefix).await.map_err(storage_error)?;
+    let chunk_seqs: Vec<u64> = keys
+        .iter()
+        .filter_map(|k| {
+            k.strip_prefix(&format!("{prefix}chunks/"))?
+                .strip_suffix(".alrc")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if r.action == "Get" {
+        let header = rec
+            .storage
+            .get(&format!("{prefix}header.json"))
+            .await
+            .map_err(storage_error)?
+            .ok_or_else(|| {
+                ApiError::new("DoesNotExistException", "No recording for this session.")
+            })?;
+        let end = rec
+            .storage
+            .get(&format!("{prefix}end.json"))
+            .await
+            .map_err(storage_error)?;
+        return ok(json!({
+            "SessionId": sid,
+            "Header": B64.encode(header),
+            "End": end.map(|e| B64.encode(e)),
+            "Chunks": chunk_seqs,
+            "OutputUrl": rec.storage.url(&prefix),
+        }));
+    }
+    let from = r.from.unwrap_or(0);
+    let mut total = 0usize;
+    let mut chunks = Vec::new();
+    for seq in chunk_seqs.into_iter().filter(|s| *s >= from) {
+        if total >= MAX_READ_BATCH {
+            break;
+        }
+        if let Some(b) = rec
+            .storage
+            .get(&chunk_key(&prefix, seq))
+            .await
+            .map_err(storage_error)?
+        {
+            total += b.len();
+            chunks.push(json!({"Seq": seq, "Data": B64.encode(b)}));
+        }
+    }
+    ok(json!({"Chunks": chunks}))
+}
+
+/// A stand-in for the gateway's KMS API until it lands: the default
+/// recordings key is a `airlock_kms` key sealed under its own root key in the
+/// data dir. Agents and clients prefer `TrentService.GenerateDataKey` /
+/// `Decrypt` and only fall back to these actions when the gateway does not
+/// offer them.
+mod interim_kms {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use airlock_kms::{DataKeySpec, KeyRing, Plaintext, RootKey, StoredKey};
+    use ring::rand::SystemRandom;
+
+    use crate::error::ApiError;
+
+    pub struct InterimKeys {
+        ring: KeyRing,
+        key: StoredKey,
+    }
+
+    fn kms_err(e: airlock_kms::KmsError) -> ApiError {
+        if e.is_server_error() {
+            tracing::warn!(error = %e, "recordings key service");
+            return ApiError::internal();
+        }
+        ApiError::new(e.code(), e.to_string())
+    }
+
+    impl InterimKeys {
+        pub fn open(dir: &Path, region: &str, account: &str) -> Result<Self, String> {
+            let rng = SystemRandom::new();
+            let root_path = dir.join("recordings-kms-root.key");
+            let root = match std::fs::read(&root_path) {
+                Ok(b) => RootKey::from_slice(&b).map_err(|e| e.to_string())?,
+                Err(_) => {
+                    let r = RootKey::generate(&rng).map_err(|e| e.to_string())?;
+                    crate::util::write_private(&root_path, r.expose())
+                        .map_err(|e| e.to_string())?;
+                    r
+                }
+            };
+            let ring = KeyRing::new(root, region, account);
+            let key_path = dir.join("recordings-kms-key.json");
+            let key = match std::fs::read(&key_path) {
+                Ok(b) => serde_json::from_slice(&b).map_err(|e| e.to_string())?,
+                Err(_) => {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    let k = ring
+                        .create_key(&rng, super::DEFAULT_KEY_ALIAS, now)
+                        .map_err(|e| e.to_string())?;
+                    let bytes = serde_json::to_vec(&k).map_err(|e| e.to_string())?;
+                    crate::util::write_private(&key_path, &bytes).map_err(|e| e.to_string())?;
+                    k
+                }
+            };
+            Ok(InterimKeys { ring, key })
+        }
+
+        pub fn generate(
+            &self,
+            key_id: Option<&str>,
+            ctx: &BTreeMap<String, String>,
+        ) -> Result<(String, Vec<u8>, Plaintext), ApiError> {
+            let arn = self.ring.key_arn(&self.key.key_id());
+            if let Some(k) = key_id {
+                if k != super::DEFAULT_KEY_ALIAS && k != arn {
+                    return Err(ApiError::new(
+                        "NotFoundException",
+                        format!("Key '{k}' does not exist"),
+                    ));
+                }
+            }
+            let (blob, plain) = self
+                .ring
+                .generate_data_key(&self.key, DataKeySpec::Aes256, ctx, &SystemRandom::new())
+                .map_err(kms_err)?;
+            Ok((arn, blob, plain))
+        }
+
+        pub fn key_arn_of(&self, blob: &[u8]) -> Result<String, ApiError> {
+            let id = airlock_kms::blob_key_id(blob).map_err(kms_err)?;
+            Ok(self.ring.key_arn(&id))
+        }
+
+        pub fn decrypt(
+            &self,
+            blob: &[u8],
+            ctx: &BTreeMap<String, String>,
+        ) -> Result<(String, Plaintext), ApiError> {
+            let (id, plain) = self
+                .ring
+                .decrypt_with(&self.key, blob, ctx, None)
+                .map_err(kms_err)?;
+            Ok((self.ring.key_arn(&id), plain))
+        }
+    }
+}
