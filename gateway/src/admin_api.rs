@@ -1326,6 +1326,19 @@ pub async fn apply_declarative(
         (OwnerKind::Role, &d.roles),
     ] {
         for o in list {
+            if kind != OwnerKind::User && (!o.groups.is_empty() || !o.tags.is_empty()) {
+                return Err(cfg(format!(
+                    "{} {}: only users take Groups and Tags",
+                    kind.as_str(),
+                    o.name
+                )));
+            }
+            if kind == OwnerKind::Group && o.permissions_boundary.is_some() {
+                return Err(cfg(format!(
+                    "group {}: groups have no permissions boundary",
+                    o.name
+                )));
+            }
             match kind {
                 OwnerKind::Group => {
                     iam.create_group(Group {
