@@ -1294,6 +1294,8 @@ pub async fn apply_declarative(
         }
     };
     for p in &d.policies {
+        check_name("PolicyName", &p.policy_name, 128)
+            .map_err(|e| cfg(format!("policy {:?}: {}", p.policy_name, e.message)))?;
         let doc = doc_text(&p.policy_document);
         parse_policy(&p.policy_name, &doc)
             .map_err(|e| cfg(format!("policy {}: {}", p.policy_name, e.message)))?;
@@ -1326,6 +1328,8 @@ pub async fn apply_declarative(
         (OwnerKind::Role, &d.roles),
     ] {
         for o in list {
+            check_name("Name", &o.name, 64)
+                .map_err(|e| cfg(format!("{} {:?}: {}", kind.as_str(), o.name, e.message)))?;
             if kind != OwnerKind::User && (!o.groups.is_empty() || !o.tags.is_empty()) {
                 return Err(cfg(format!(
                     "{} {}: only users take Groups and Tags",
