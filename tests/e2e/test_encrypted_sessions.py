@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import REGION, Agent, Gateway, LineReader, airlock, binary
-from test_kms import aws_cli
+from test_kms import aws_cli, iam, make_user
 
 
 def code(excinfo):
@@ -278,3 +278,32 @@ def test_relay_tap_never_sees_the_typed_and_echoed_marker(tapped, workdir):
         assert marker not in seen
     finally:
         agent.stop()
+
+
+SESSION_STATEMENTS = [
+    {"Effect": "Allow", "Action": ["ssm:StartSession", "ssm:TerminateSession", "ssm:ResumeSession"],
+     "Resource": "*"},
+]
+
+
+def test_client_without_generate_data_key_gets_a_clear_error(gateway, agent):
+    encrypt_sessions(gateway)
+    ak, sk = make_user(gateway, "nokms", SESSION_STATEMENTS)
+    out = airlock(gateway, "start-session", "--target", agent.instance_id,
+                  stdin=b"echo never-$((2+2)); exit 0\n",
+                  env=gateway.env(AWS_ACCESS_KEY_ID=ak, AWS_SECRET_ACCESS_KEY=sk))
+    stderr = out.stderr.decode(errors="replace")
+    assert out.returncode != 0
+    assert "kms:GenerateDataKey" in stderr and "AccessDeniedException" in stderr, stderr
+    assert b"never-4" not in out.stdout
+
+
+def test_agent_without_decrypt_gets_a_clear_error(gateway, agent):
+    encrypt_sessions(gateway)
+    # The agents' role loses its KMS statement.
+    iam(gateway, "DeleteRolePolicy", RoleName="AirlockManagedInstance", PolicyName="AirlockAgentExtras")
+    out = airlock(gateway, "start-session", "--target", agent.instance_id,
+                  stdin=b"echo never-$((2+3)); exit 0\n")
+    text = out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace")
+    assert "kms:Decrypt" in text and "AccessDeniedException" in text, text
+    assert "never-5" not in text
