@@ -79,6 +79,17 @@ pub fn kms_action(key_arn: &str, challenge: &str) -> RequestedClientAction {
     }
 }
 
+/// The KMS parameters added to the capability action of a port session.
+pub fn port_capability_params(caps: &mut serde_json::Value, key_id: &str, challenge: &str) {
+    if let Some(o) = caps.as_object_mut() {
+        if let Some(f) = o.get_mut("Features").and_then(|f| f.as_array_mut()) {
+            f.push(CAP_KMS_PORT.into());
+        }
+        o.insert("KMSKeyId".into(), key_id.into());
+        o.insert("Challenge".into(), challenge.into());
+    }
+}
+
 /// The KMSEncryption result of a shell handshake, or the port capability's
 /// result (same fields), if the client processed it successfully.
 /// Err carries the client's error text.

@@ -46,6 +46,13 @@ pub struct ClientCrypto {
     opener: Arc<Opener>,
 }
 
+/// Two handles are equal when they share one sealer.
+impl PartialEq for ClientCrypto {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.sealer, &other.sealer)
+    }
+}
+
 impl std::fmt::Debug for ClientCrypto {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ClientCrypto(..)")

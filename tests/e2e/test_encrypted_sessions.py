@@ -307,3 +307,49 @@ def test_agent_without_decrypt_gets_a_clear_error(gateway, agent):
     text = out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace")
     assert "kms:Decrypt" in text and "AccessDeniedException" in text, text
     assert "never-5" not in text
+
+
+def test_encrypted_port_forward_between_airlock_ends(tapped, workdir):
+    from test_port_forwarding import DOC_REMOTE, EchoServer, Tunnel
+
+    gw, tap = tapped
+    agent = Agent(gw, workdir)
+    echo = EchoServer()
+    tunnel = None
+    try:
+        encrypt_sessions(gw, requireEncryption=True)
+        tunnel = Tunnel(gw, "start-session", "--target", agent.instance_id, "--document-name", DOC_REMOTE,
+                        "--parameters", f"host=127.0.0.1,portNumber={echo.port},localPortNumber=0")
+        marker = b"port-forwarded-secret-" + os.urandom(8).hex().encode()
+        payload = marker * 2000 + os.urandom(300_000)
+        with socket.create_connection(("127.0.0.1", tunnel.port), timeout=60) as s:
+            threading.Thread(target=s.sendall, args=(payload,), daemon=True).start()
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        assert bytes(got) == payload
+        seen = tap.seen()
+        assert b"GenerateDataKey" in seen
+        assert marker not in seen
+    finally:
+        if tunnel:
+            tunnel.close()
+        echo.close()
+        agent.stop()
+
+
+def test_required_encryption_refuses_a_port_session_that_cannot_encrypt(gateway, agent):
+    from test_port_forwarding import DOC_REMOTE
+
+    encrypt_sessions(gateway, requireEncryption=True)
+    ak, sk = make_user(gateway, "nokmsport", SESSION_STATEMENTS)
+    out = airlock(gateway, "start-session", "--target", agent.instance_id, "--document-name", DOC_REMOTE,
+                  "--parameters", "host=127.0.0.1,portNumber=9,localPortNumber=0",
+                  env=gateway.env(AWS_ACCESS_KEY_ID=ak, AWS_SECRET_ACCESS_KEY=sk), timeout=60)
+    text = out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace")
+    assert out.returncode != 0, text
+    assert "kms:GenerateDataKey" in text, text
+    assert "Waiting for connections" not in text
