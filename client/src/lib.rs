@@ -294,7 +294,12 @@ async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
             unix: None,
             label: String::new(),
         };
-        return port::run(start.session, tls, popts, api).await;
+        let kms = crate::crypto::KmsEnv {
+            api,
+            session_id: start.session.session_id.clone(),
+            target: start.target.clone(),
+        };
+        return port::run(start.session, tls, popts, kms).await;
     }
     SessionRunner {
         info: start.session,
