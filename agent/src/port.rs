@@ -373,7 +373,7 @@ async fn run_mux(
                 None => bail!("data channel stopped"),
                 Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
                     PayloadType::Output => {
-                        let events = match mux.receive(&payload) {
+                        let events = match mux.receive_bytes(payload) {
                             Ok(e) => e,
                             Err(e) => bail!("{e}"),
                         };

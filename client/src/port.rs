@@ -655,7 +655,7 @@ async fn run_mux(
                 Common::Nothing => {}
                 Common::Data(PayloadType::Output, payload) => {
                     let events = mux
-                        .receive(&payload)
+                        .receive_bytes(payload)
                         .map_err(|e| ClientError::Transport(e.to_string()))?;
                     for e in events {
                         match e {
