@@ -11,7 +11,7 @@ use airlock_proto::handshake::{
     ACTION_AIRLOCK_CAPABILITIES, ACTION_SESSION_TYPE,
 };
 use airlock_proto::messages::{AgentSessionState, SessionState, StartSessionTask};
-use airlock_proto::reliable::{Config, Event};
+use airlock_proto::reliable::{Config, Event, FEATURE_NO_PAYLOAD_DIGEST};
 use airlock_proto::smux::{self, Cmd, Mux, MuxEvent, MuxRole};
 use airlock_proto::{MessageType, PayloadType, Role};
 use airlock_transport::datachannel::{ChannelEvent, DataChannel, DataSender};
@@ -50,6 +50,7 @@ struct Peer {
     version: String,
     airlock: bool,
     max_payload: usize,
+    no_digest: bool,
 }
 
 /// Numeric 4-part compare; unparsable → None.
@@ -85,6 +86,9 @@ fn peer_from(resp: &HandshakeResponse) -> Peer {
     Peer {
         version: resp.client_version.clone(),
         airlock: caps.is_some(),
+        no_digest: caps
+            .as_ref()
+            .is_some_and(|c| c.features.iter().any(|f| f == FEATURE_NO_PAYLOAD_DIGEST)),
         max_payload: caps
             .map(|c| c.max_payload.clamp(STOCK_PAYLOAD, PORT_MAX_PAYLOAD))
             .unwrap_or(STOCK_PAYLOAD),
@@ -213,7 +217,7 @@ pub async fn run(
             RequestedClientAction {
                 action_type: ACTION_AIRLOCK_CAPABILITIES.into(),
                 action_parameters: serde_json::to_value(Capabilities {
-                    features: vec![],
+                    features: vec![FEATURE_NO_PAYLOAD_DIGEST.into()],
                     max_payload: PORT_MAX_PAYLOAD,
                 })?,
             },
@@ -226,6 +230,9 @@ pub async fn run(
             &kms_challenge,
         );
     }
+    // Offering the feature: an Airlock client may stop sending digests as
+    // soon as it has answered, before we have read its answer.
+    dc.sender().set_payload_digest(true, true).await?;
     dc.send(
         PayloadType::HandshakeRequest,
         Bytes::from(serde_json::to_vec(&request)?),
@@ -288,6 +295,10 @@ pub async fn run(
             }
         }
     }
+    // Digests stay on (and required) unless the client took the feature.
+    dc.sender()
+        .set_payload_digest(!peer.no_digest, peer.no_digest)
+        .await?;
     let complete = HandshakeComplete {
         handshake_time_to_complete: i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX),
         customer_message: match crypto {
@@ -314,7 +325,7 @@ pub async fn run(
         .context("document properties lack a valid portNumber")?;
     let mux = multiplexed(&properties, &peer);
     let chunk = peer.max_payload;
-    info!(%host, port, mux, chunk, client_version = %peer.version, "port session");
+    info!(%host, port, mux, chunk, no_digest = peer.no_digest, client_version = %peer.version, "port session");
 
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let pump = spawn_sender(dc.sender(), out_rx, crypto.clone());
@@ -423,7 +434,7 @@ async fn run_mux(
                 Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
                     PayloadType::Output => {
                         let payload = dest.open(payload_type, payload)?;
-                        let events = match mux.receive(&payload) {
+                        let events = match mux.receive_bytes(payload) {
                             Ok(e) => e,
                             Err(e) => bail!("{e}"),
                         };
@@ -712,6 +723,7 @@ mod tests {
             version: "1.0.0.0".into(),
             airlock: false,
             max_payload: 1024,
+            no_digest: false,
         };
         let new = Peer {
             version: "1.2.0.0".into(),
