@@ -507,3 +507,53 @@ pub async fn conn_event(
         .await;
     }
 }
+
+/// Byte counters of one port connection, shared by its reader and writer, and
+/// the `closed` event they end in.
+#[derive(Clone)]
+pub struct ConnStats {
+    inner: Arc<ConnStatsInner>,
+}
+
+struct ConnStatsInner {
+    rec: Option<Recorder>,
+    stream: u32,
+    remote: String,
+    bytes_in: std::sync::atomic::AtomicU64,
+    bytes_out: std::sync::atomic::AtomicU64,
+}
+
+impl ConnStats {
+    pub fn new(rec: Option<Recorder>, stream: u32, remote: String) -> Self {
+        ConnStats {
+            inner: Arc::new(ConnStatsInner {
+                rec,
+                stream,
+                remote,
+                bytes_in: Default::default(),
+                bytes_out: Default::default(),
+            }),
+        }
+    }
+    pub fn add_in(&self, n: usize) {
+        self.inner.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub fn add_out(&self, n: usize) {
+        self.inner.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub async fn closed(&self) {
+        let i = &self.inner;
+        conn_event(
+            &i.rec,
+            "closed",
+            i.stream,
+            &i.remote,
+            (
+                i.bytes_in.load(Ordering::Relaxed),
+                i.bytes_out.load(Ordering::Relaxed),
+            ),
+            "",
+        )
+        .await;
+    }
+}
