@@ -30,18 +30,34 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 const MAX_CHUNK: usize = 512 * 1024;
 /// Cap on the chunk bytes returned by one `GetChunks` call.
 const MAX_READ_BATCH: usize = 4 << 20;
-/// The default key recordings are wrapped with, created at gateway start.
+/// The default key recordings are wrapped with, created in the gateway's
+/// KMS before the first recorded session (not at start, so a gateway that
+/// never runs a session holds no keys it was not asked for).
 pub const DEFAULT_KEY_ALIAS: &str = "alias/airlock/recordings";
 
-/// Makes sure the default recordings key exists in the gateway's KMS.
-pub async fn ensure_default_key(state: &AppState) -> Result<(), ApiError> {
-    state
-        .kms
-        .ensure_alias_key(
-            DEFAULT_KEY_ALIAS,
-            "Default key for Airlock session recordings",
-        )
-        .await
+/// Called by StartSession before anything is created: makes sure the
+/// default recordings key exists and, when recordings fail closed, that
+/// storage takes a write right now.
+pub async fn admit_session(state: &AppState) -> Result<(), ApiError> {
+    let rec = &state.recordings;
+    if !rec.config.enabled {
+        return Ok(());
+    }
+    if !rec
+        .default_key_ready
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        state
+            .kms
+            .ensure_alias_key(
+                DEFAULT_KEY_ALIAS,
+                "Default key for Airlock session recordings",
+            )
+            .await?;
+        rec.default_key_ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    rec.admit_session().await
 }
 
 type ApiResult = Result<http::Response<Body>, ApiError>;
@@ -253,6 +269,7 @@ pub struct Recordings {
     pub config: RecordingsConfig,
     pub storage: Arc<dyn RecordingStorage>,
     prefix: String,
+    default_key_ready: std::sync::atomic::AtomicBool,
 }
 
 impl Recordings {
@@ -294,6 +311,7 @@ impl Recordings {
             config: config.clone(),
             storage,
             prefix,
+            default_key_ready: Default::default(),
         })
     }
 
@@ -330,7 +348,7 @@ impl Recordings {
 
     /// Fail-closed admission: a session may start only if storage takes a
     /// probe write now.
-    pub async fn admit_session(&self) -> Result<(), ApiError> {
+    async fn admit_session(&self) -> Result<(), ApiError> {
         if !self.config.enabled || !self.config.fail_closed {
             return Ok(());
         }

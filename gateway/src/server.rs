@@ -143,9 +143,6 @@ impl Gateway {
             iam,
             audit,
         });
-        crate::recordings::ensure_default_key(&state)
-            .await
-            .map_err(|e| GatewayError::Config(format!("recordings key: {}", e.message)))?;
         Ok(Gateway {
             state,
             tls,
