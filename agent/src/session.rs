@@ -235,6 +235,9 @@ pub async fn run(
         pty.resize(clamp_dim(size.cols), clamp_dim(size.rows));
     }
     for chunk in early_input {
+        if let Some(r) = &rec {
+            r.input(&chunk).await;
+        }
         pty.write(chunk).await;
     }
     let mut exit_rx = pty.take_exit().context("exit receiver")?;

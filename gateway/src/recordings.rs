@@ -57,7 +57,10 @@ pub async fn admit_session(state: &AppState) -> Result<(), ApiError> {
         rec.default_key_ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    rec.admit_session().await
+    let prefs = crate::documents::preferences(&state.documents).await?;
+    let fail_closed =
+        rec.config.fail_closed || crate::documents::input_bool(&prefs, "recordingFailClosed");
+    rec.admit_session(fail_closed).await
 }
 
 type ApiResult = Result<http::Response<Body>, ApiError>;
@@ -348,8 +351,8 @@ impl Recordings {
 
     /// Fail-closed admission: a session may start only if storage takes a
     /// probe write now.
-    async fn admit_session(&self) -> Result<(), ApiError> {
-        if !self.config.enabled || !self.config.fail_closed {
+    async fn admit_session(&self, fail_closed: bool) -> Result<(), ApiError> {
+        if !fail_closed {
             return Ok(());
         }
         let probe = format!("{}.airlock-probe", self.prefix);

@@ -393,3 +393,31 @@ def test_port_forward_session_yields_connection_events(rgw, ragent, workdir):
     assert closed["bytes_in"] == len(payload) and closed["bytes_out"] == len(payload), closed
     code, text, _ = search(rgw, "opened", "--session", sid)
     assert code == 0 and sid in text
+
+
+def test_preferences_enable_input_recording_and_fail_closed(rgw, ragent, s3, workdir):
+    ssm = rgw.client()
+    ssm.create_document(
+        Name="SSM-SessionManagerRunShell", DocumentType="Session", DocumentFormat="JSON",
+        Content=json.dumps({
+            "schemaVersion": "1.0", "description": "prefs", "sessionType": "Standard_Stream",
+            "inputs": {"recordInput": True, "recordingFailClosed": "true"},
+        }),
+    )
+    out = airlock(rgw, "start-session", "--target", ragent.instance_id,
+                  stdin=b"echo typed-$((1+2))\nexit 0\n")
+    assert out.returncode == 0, out.stderr
+    sid = last_session(rgw, ragent.instance_id)["SessionId"]
+    wait_until(lambda: complete(rgw, sid))
+    cast = Path(workdir) / "input.cast"
+    assert rec(rgw, "export", sid, "-o", str(cast)).returncode == 0
+    events = [json.loads(l) for l in cast.read_text().splitlines()[1:]]
+    typed = "".join(e[2] for e in events if e[1] == "i")
+    assert "echo typed-$((1+2))" in typed, events
+
+    # The preference alone (the gateway config fails open) refuses sessions
+    # while storage is down.
+    s3.stop()
+    out = airlock(rgw, "start-session", "--target", ragent.instance_id, stdin=b"exit 0\n")
+    assert out.returncode == 254 and b"RecordingUnavailable" in out.stderr, out.stderr
+    s3.start()
