@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::server::{json_response, AppState, Body, ReadRequest};
 use crate::store::SessionFilter;
 
-mod s3;
+pub mod s3;
 pub use s3::S3Storage;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
