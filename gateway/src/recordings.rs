@@ -57,10 +57,16 @@ pub async fn admit_session(state: &AppState) -> Result<(), ApiError> {
         rec.default_key_ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    rec.admit_session(fails_closed(state).await?).await
+}
+
+/// The config's `fail_closed`, or the `recordingFailClosed` preference.
+async fn fails_closed(state: &AppState) -> Result<bool, ApiError> {
+    if state.recordings.config.fail_closed {
+        return Ok(true);
+    }
     let prefs = crate::documents::preferences(&state.documents).await?;
-    let fail_closed =
-        rec.config.fail_closed || crate::documents::input_bool(&prefs, "recordingFailClosed");
-    rec.admit_session(fail_closed).await
+    Ok(crate::documents::input_bool(&prefs, "recordingFailClosed"))
 }
 
 type ApiResult = Result<http::Response<Body>, ApiError>;
@@ -498,7 +504,7 @@ async fn agent_put(
                         "The recording header already exists.",
                     ));
                 }
-                return ok(json!({"FailClosed": rec.config.fail_closed}));
+                return ok(json!({"FailClosed": fails_closed(state).await?}));
             }
             key
         }
@@ -520,7 +526,7 @@ async fn agent_put(
         }
     };
     rec.put_retrying(&key, &data).await.map_err(storage_error)?;
-    ok(json!({"FailClosed": rec.config.fail_closed}))
+    ok(json!({"FailClosed": fails_closed(state).await?}))
 }
 
 fn session_arn(state: &AppState, sid: &str) -> String {

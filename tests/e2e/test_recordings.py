@@ -421,3 +421,28 @@ def test_preferences_enable_input_recording_and_fail_closed(rgw, ragent, s3, wor
     out = airlock(rgw, "start-session", "--target", ragent.instance_id, stdin=b"exit 0\n")
     assert out.returncode == 254 and b"RecordingUnavailable" in out.stderr, out.stderr
     s3.start()
+
+
+def test_fail_closed_ends_a_running_session_when_storage_goes_down(workdir, s3):
+    gw = RecGateway(workdir, s3, fail_closed=True)
+    try:
+        ag = Agent(gw, workdir, name="fc2-agent")
+        sess = Interactive(gw, ag.instance_id)
+        try:
+            sess.send("echo alive-$((3*3))")
+            sess.wait_output("alive-9")
+            s3.stop()
+
+            def ended():
+                if sess.proc.poll() is None:
+                    sess.send("echo still-here")
+                    return False
+                return True
+            wait_until(ended, timeout=90, interval=1.0)
+            wait_until(lambda: b"cannot be made durable" in sess.out, timeout=10)
+        finally:
+            stop(sess.proc)
+            s3.start()
+            ag.stop()
+    finally:
+        gw.stop()
