@@ -273,12 +273,72 @@ impl RecordingStorage for LocalStorage {
     }
 }
 
+/// Final chain hashes in the gateway database (table `recording_ends`), so a
+/// recording truncated in storage together with its `end.json` is still
+/// detected. Written once per session.
+pub struct EndIndex {
+    conn: std::sync::Mutex<rusqlite::Connection>,
+}
+
+impl EndIndex {
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+        conn.execute_batch(
+            "PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS recording_ends (
+                 session_id TEXT PRIMARY KEY,
+                 end_record BLOB NOT NULL
+             );",
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(EndIndex {
+            conn: std::sync::Mutex::new(conn),
+        })
+    }
+
+    /// Ok(true) when stored or already stored identically; Ok(false) when a
+    /// different end record exists.
+    fn record(&self, sid: &str, end: &[u8]) -> Result<bool, ApiError> {
+        let c = self.conn.lock().map_err(|_| ApiError::internal())?;
+        let existing: Option<Vec<u8>> = c
+            .query_row(
+                "SELECT end_record FROM recording_ends WHERE session_id = ?1",
+                [sid],
+                |r| r.get(0),
+            )
+            .ok();
+        if let Some(e) = existing {
+            return Ok(e == end);
+        }
+        c.execute(
+            "INSERT INTO recording_ends (session_id, end_record) VALUES (?1, ?2)",
+            rusqlite::params![sid, end],
+        )
+        .map_err(|e| {
+            tracing::warn!(error = %e, "recording_ends insert");
+            ApiError::internal()
+        })?;
+        Ok(true)
+    }
+
+    fn get(&self, sid: &str) -> Result<Option<Vec<u8>>, ApiError> {
+        let c = self.conn.lock().map_err(|_| ApiError::internal())?;
+        Ok(c.query_row(
+            "SELECT end_record FROM recording_ends WHERE session_id = ?1",
+            [sid],
+            |r| r.get(0),
+        )
+        .ok())
+    }
+}
+
 /// The recordings half of the gateway state.
 pub struct Recordings {
     pub config: RecordingsConfig,
     pub storage: Arc<dyn RecordingStorage>,
     prefix: String,
     default_key_ready: std::sync::atomic::AtomicBool,
+    ends: EndIndex,
 }
 
 impl Recordings {
@@ -321,6 +381,7 @@ impl Recordings {
             storage,
             prefix,
             default_key_ready: Default::default(),
+            ends: EndIndex::open(&data_dir.join("gateway.db"))?,
         })
     }
 
@@ -522,6 +583,12 @@ async fn agent_put(
         _ => {
             let _: airlock_recordings::RecordingEnd = serde_json::from_slice(&data)
                 .map_err(|e| ApiError::validation(format!("End: {e}")))?;
+            if !rec.ends.record(&sid, &data)? {
+                return Err(ApiError::new(
+                    "ConflictException",
+                    "The recording already has a different end record.",
+                ));
+            }
             format!("{prefix}end.json")
         }
     };
@@ -618,10 +685,13 @@ async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
             .get(&format!("{prefix}end.json"))
             .await
             .map_err(storage_error)?;
+        let end_record = rec.ends.get(&sid)?;
         return ok(json!({
             "SessionId": sid,
             "Header": B64.encode(header),
             "End": end.map(|e| B64.encode(e)),
+            // The gateway's own copy of the final chain hash.
+            "EndRecord": end_record.map(|e| B64.encode(e)),
             "Chunks": chunk_seqs,
             "OutputUrl": rec.storage.url(&prefix),
         }));

@@ -265,6 +265,18 @@ def test_shell_recording_plays_verifies_exports_searches_and_detects_tampering(r
     assert bad.returncode == 1, bad.stdout
     assert b"FAILED" in bad.stdout
 
+    # Truncating storage together with its end record is caught by the
+    # gateway's own copy of the final chain hash.
+    chunk.write_bytes(bytes(data[:-5]) + bytes([data[-5] ^ 0x40]) + bytes(data[-4:]))
+    assert rec(rgw, "verify", sid).returncode == 0
+    chunks = sorted((s3.dir / BUCKET / PREFIX / sid / "chunks").iterdir())
+    if len(chunks) > 1:
+        chunks[-1].unlink()
+    (s3.dir / BUCKET / PREFIX / sid / "end.json").unlink()
+    bad = rec(rgw, "verify", sid)
+    assert bad.returncode == 1, bad.stdout
+    assert b"recorded by the gateway" in bad.stdout
+
 
 def test_sigkill_agent_mid_session_keeps_acknowledged_chunks(rgw, ragent, s3):
     sess = Interactive(rgw, ragent.instance_id)
