@@ -179,6 +179,18 @@ pub trait RecordingStorage: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
     /// A URL naming `key` for DescribeSessions' `OutputUrl.S3OutputUrl`.
     fn url(&self, key: &str) -> String;
+    /// The same store, another bucket (preferences' `s3BucketName`); None
+    /// for backends without buckets.
+    fn for_bucket(&self, _bucket: &str) -> Option<Arc<dyn RecordingStorage>> {
+        None
+    }
+}
+
+/// Where one session's recording lives.
+pub struct Location {
+    pub storage: Arc<dyn RecordingStorage>,
+    /// Ends in `<session-id>/`.
+    pub prefix: String,
 }
 
 /// Objects as files under a root directory, written atomically and fsynced.
@@ -288,6 +300,11 @@ impl EndIndex {
              CREATE TABLE IF NOT EXISTS recording_ends (
                  session_id TEXT PRIMARY KEY,
                  end_record BLOB NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS recording_locations (
+                 session_id TEXT PRIMARY KEY,
+                 bucket TEXT NOT NULL,
+                 prefix TEXT NOT NULL
              );",
         )
         .map_err(|e| e.to_string())?;
@@ -319,6 +336,29 @@ impl EndIndex {
             ApiError::internal()
         })?;
         Ok(true)
+    }
+
+    fn location(&self, sid: &str) -> Result<Option<(String, String)>, ApiError> {
+        let c = self.conn.lock().map_err(|_| ApiError::internal())?;
+        Ok(c.query_row(
+            "SELECT bucket, prefix FROM recording_locations WHERE session_id = ?1",
+            [sid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok())
+    }
+
+    fn set_location(&self, sid: &str, bucket: &str, prefix: &str) -> Result<(), ApiError> {
+        let c = self.conn.lock().map_err(|_| ApiError::internal())?;
+        c.execute(
+            "INSERT OR IGNORE INTO recording_locations (session_id, bucket, prefix) VALUES (?1, ?2, ?3)",
+            rusqlite::params![sid, bucket, prefix],
+        )
+        .map_err(|e| {
+            tracing::warn!(error = %e, "recording_locations insert");
+            ApiError::internal()
+        })?;
+        Ok(())
     }
 
     fn get(&self, sid: &str) -> Result<Option<Vec<u8>>, ApiError> {
@@ -385,23 +425,74 @@ impl Recordings {
         })
     }
 
-    pub fn session_prefix(&self, session_id: &str) -> String {
-        format!("{}{session_id}/", self.prefix)
+    /// Where `session_id`'s recording lives: the bucket and prefix chosen
+    /// from the preferences when it started, else the configured ones.
+    pub fn location(&self, session_id: &str) -> Result<Location, ApiError> {
+        if let Some((bucket, prefix)) = self.ends.location(session_id)? {
+            let storage = if bucket.is_empty() {
+                self.storage.clone()
+            } else {
+                self.storage
+                    .for_bucket(&bucket)
+                    .unwrap_or_else(|| self.storage.clone())
+            };
+            return Ok(Location {
+                storage,
+                prefix: format!("{prefix}{session_id}/"),
+            });
+        }
+        Ok(Location {
+            storage: self.storage.clone(),
+            prefix: format!("{}{session_id}/", self.prefix),
+        })
+    }
+
+    /// Pins a new recording to the preferences' `s3BucketName` /
+    /// `s3KeyPrefix` (S3 storage only), so later preference changes do not
+    /// lose it.
+    fn choose_location(&self, session_id: &str, prefs: &Value) -> Result<(), ApiError> {
+        if self.config.storage != "s3" {
+            return Ok(());
+        }
+        let get = |k: &str| {
+            prefs
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let (bucket, prefix) = (get("s3BucketName"), get("s3KeyPrefix"));
+        if bucket.is_empty() && prefix.is_empty() {
+            return Ok(());
+        }
+        let prefix = if prefix.is_empty() {
+            self.prefix.clone()
+        } else {
+            normalize_prefix(&prefix)
+        };
+        self.ends.set_location(session_id, &bucket, &prefix)
     }
 
     /// DescribeSessions' `OutputUrl.S3OutputUrl` for a session.
     pub fn output_url(&self, session_id: &str) -> Option<String> {
-        self.config
-            .enabled
-            .then(|| self.storage.url(&self.session_prefix(session_id)))
+        if !self.config.enabled {
+            return None;
+        }
+        let loc = self.location(session_id).ok()?;
+        Some(loc.storage.url(&loc.prefix))
     }
 
     /// One durable put, retried with backoff for `retry_secs`.
-    async fn put_retrying(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+    async fn put_retrying(
+        &self,
+        storage: &dyn RecordingStorage,
+        key: &str,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.retry_secs);
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.storage.put(key, data).await {
+            match storage.put(key, data).await {
                 Ok(()) => return Ok(()),
                 Err(StorageError::Rejected(m)) => return Err(StorageError::Rejected(m)),
                 Err(e) => {
@@ -550,15 +641,20 @@ async fn agent_put(
         return Err(ApiError::new("RecordingDisabled", "Recording is disabled."));
     }
     let (sid, _) = agent_session(state, principal, r).await?;
-    let prefix = rec.session_prefix(&sid);
     let data = decode_b64(r.data.as_ref(), "Data", MAX_CHUNK)?;
+    if r.action == "PutHeader" {
+        let prefs = crate::documents::preferences(&state.documents).await?;
+        rec.choose_location(&sid, &prefs)?;
+    }
+    let loc = rec.location(&sid)?;
+    let prefix = loc.prefix.clone();
     let key = match r.action.as_str() {
         "PutHeader" => {
             airlock_recordings::RecordingHeader::parse(&data)
                 .map_err(|e| ApiError::validation(e.to_string()))?;
             let key = format!("{prefix}header.json");
             // Write once: a header seeds the chain, so it is never replaced.
-            if let Some(existing) = rec.storage.get(&key).await.map_err(storage_error)? {
+            if let Some(existing) = loc.storage.get(&key).await.map_err(storage_error)? {
                 if existing != data {
                     return Err(ApiError::new(
                         "ConflictException",
@@ -592,7 +688,9 @@ async fn agent_put(
             format!("{prefix}end.json")
         }
     };
-    rec.put_retrying(&key, &data).await.map_err(storage_error)?;
+    rec.put_retrying(loc.storage.as_ref(), &key, &data)
+        .await
+        .map_err(storage_error)?;
     ok(json!({"FailClosed": fails_closed(state).await?}))
 }
 
@@ -624,8 +722,9 @@ async fn list(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
     let sessions = state.store.list_sessions(f).await?;
     let mut out = Vec::new();
     for s in sessions {
-        let prefix = rec.session_prefix(&s.session_id);
-        let keys = rec.storage.list(&prefix).await.map_err(storage_error)?;
+        let loc = rec.location(&s.session_id)?;
+        let prefix = loc.prefix.clone();
+        let keys = loc.storage.list(&prefix).await.map_err(storage_error)?;
         if !keys.iter().any(|k| k.ends_with("header.json")) {
             continue;
         }
@@ -638,7 +737,7 @@ async fn list(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
             "EndDate": s.end_ms.map(|e| e as f64 / 1000.0),
             "Chunks": keys.iter().filter(|k| k.contains("/chunks/")).count(),
             "Complete": keys.iter().any(|k| k.ends_with("end.json")),
-            "OutputUrl": rec.storage.url(&prefix),
+            "OutputUrl": loc.storage.url(&prefix),
         }));
     }
     ok(json!({"Recordings": out}))
@@ -660,8 +759,9 @@ async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
     )
     .await?;
     let rec = &state.recordings;
-    let prefix = rec.session_prefix(&sid);
-    let keys = rec.storage.list(&prefix).await.map_err(storage_error)?;
+    let loc = rec.location(&sid)?;
+    let prefix = loc.prefix.clone();
+    let keys = loc.storage.list(&prefix).await.map_err(storage_error)?;
     let chunk_seqs: Vec<u64> = keys
         .iter()
         .filter_map(|k| {
@@ -672,7 +772,7 @@ async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
         })
         .collect();
     if r.action == "Get" {
-        let header = rec
+        let header = loc
             .storage
             .get(&format!("{prefix}header.json"))
             .await
@@ -680,7 +780,7 @@ async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
             .ok_or_else(|| {
                 ApiError::new("DoesNotExistException", "No recording for this session.")
             })?;
-        let end = rec
+        let end = loc
             .storage
             .get(&format!("{prefix}end.json"))
             .await
@@ -693,7 +793,7 @@ async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
             // The gateway's own copy of the final chain hash.
             "EndRecord": end_record.map(|e| B64.encode(e)),
             "Chunks": chunk_seqs,
-            "OutputUrl": rec.storage.url(&prefix),
+            "OutputUrl": loc.storage.url(&prefix),
         }));
     }
     let from = r.from.unwrap_or(0);
@@ -703,7 +803,7 @@ async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
         if total >= MAX_READ_BATCH {
             break;
         }
-        if let Some(b) = rec
+        if let Some(b) = loc
             .storage
             .get(&chunk_key(&prefix, seq))
             .await

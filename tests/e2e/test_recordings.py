@@ -458,3 +458,29 @@ def test_fail_closed_ends_a_running_session_when_storage_goes_down(workdir, s3):
             ag.stop()
     finally:
         gw.stop()
+
+
+def test_preferences_pick_bucket_and_prefix(rgw, ragent, s3):
+    (s3.dir / "team-bucket").mkdir()
+    ssm = rgw.client()
+    ssm.create_document(
+        Name="SSM-SessionManagerRunShell", DocumentType="Session", DocumentFormat="JSON",
+        Content=json.dumps({
+            "schemaVersion": "1.0", "description": "prefs", "sessionType": "Standard_Stream",
+            "inputs": {"s3BucketName": "team-bucket", "s3KeyPrefix": "audit/team-a"},
+        }),
+    )
+    out = airlock(rgw, "start-session", "--target", ragent.instance_id,
+                  stdin=b"echo bucket-$((4*4))\nexit 0\n")
+    assert out.returncode == 0, out.stderr
+    sid = last_session(rgw, ragent.instance_id)["SessionId"]
+    wait_until(lambda: complete(rgw, sid))
+    base = s3.dir / "team-bucket" / "audit" / "team-a" / sid
+    assert (base / "header.json").is_file() and (base / "end.json").is_file()
+    assert not (s3.dir / BUCKET / PREFIX / sid).exists()
+    hist = ssm.describe_sessions(State="History")["Sessions"]
+    url = next(s for s in hist if s["SessionId"] == sid)["OutputUrl"]["S3OutputUrl"]
+    assert url == f"{s3.endpoint}/team-bucket/audit/team-a/{sid}/"
+    assert rec(rgw, "verify", sid).returncode == 0
+    code, text, _ = search(rgw, "bucket-16", "--session", sid)
+    assert code == 0 and sid in text
