@@ -578,6 +578,7 @@ async fn run_basic(
     struct Conn {
         writer: mpsc::Sender<Bytes>,
         reader: tokio::task::JoinHandle<()>,
+        stats: crate::recorder::ConnStats,
     }
     let (eof_tx, mut eof_rx) = mpsc::channel::<u64>(4);
     let mut generation = 0u64;
@@ -597,24 +598,27 @@ async fn run_basic(
                 }
             };
             crate::recorder::conn_event(&rec, "opened", stream, &remote, (0, 0), "").await;
+            let stats = crate::recorder::ConnStats::new(rec, stream, remote);
             let (mut rd, mut wr) = conn.into_split();
             let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+            let wstats = stats.clone();
             tokio::spawn(async move {
                 while let Some(b) = rx.recv().await {
                     if wr.write_all(&b).await.is_err() {
                         return;
                     }
+                    wstats.add_in(b.len());
                 }
                 let _ = wr.shutdown().await;
             });
+            let rstats = stats.clone();
             let reader = tokio::spawn(async move {
                 let mut buf = vec![0u8; read_size];
-                let mut read_total = 0u64;
                 loop {
                     match rd.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            read_total += n as u64;
+                            rstats.add_out(n);
                             let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or(&[]));
                             if out_tx.send(Out::Output(data)).await.is_err() {
                                 return;
@@ -622,11 +626,13 @@ async fn run_basic(
                         }
                     }
                 }
-                crate::recorder::conn_event(&rec, "closed", stream, &remote, (0, read_total), "")
-                    .await;
                 let _ = eof_tx.send(generation).await;
             });
-            Ok::<Conn, String>(Conn { writer: tx, reader })
+            Ok::<Conn, String>(Conn {
+                writer: tx,
+                reader,
+                stats,
+            })
         }
     };
     let mut conn = match connect(generation).await {
@@ -671,6 +677,7 @@ async fn run_basic(
                     PayloadType::Flag => match parse_flag(&payload) {
                         Some(FLAG_DISCONNECT_TO_PORT) => {
                             if let Some(c) = conn.take() {
+                                c.stats.closed().await;
                                 c.reader.abort();
                             }
                         }
@@ -700,6 +707,7 @@ async fn run_basic(
         })
         .await;
         c.reader.abort();
+        c.stats.closed().await;
     }
     Ok(outcome)
 }

@@ -276,12 +276,16 @@ pub async fn run(
 
     let size = early_size.map_or((80, 24), |s| (clamp_dim(s.cols), clamp_dim(s.rows)));
     let rec = crate::recorder::start(&agent, &task, "shell", size).await;
+    let doomed = crate::recorder::doomed(&rec);
     let spec = shell_spec(&agent, &task)?;
     let mut pty = Pty::spawn(&spec)?;
     if let Some(size) = early_size {
         pty.resize(clamp_dim(size.cols), clamp_dim(size.rows));
     }
     for chunk in early_input {
+        if let Some(r) = &rec {
+            r.input(&chunk).await;
+        }
         pty.write(chunk).await;
     }
     let mut exit_rx = pty.take_exit().context("exit receiver")?;
@@ -336,6 +340,12 @@ pub async fn run(
                 drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
             }
             _ = &mut drain, if exit_code.is_some() => break,
+            _ = doomed.cancelled(), if exit_code.is_none() => {
+                let _ = dc.send(PayloadType::Output, Bytes::from_static(crate::recorder::FAIL_CLOSED_MESSAGE)).await;
+                pty.kill();
+                exit_code = Some(1);
+                break;
+            }
             ev = dc.recv() => match ev {
                 None => {
                     pty.kill();

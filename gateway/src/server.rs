@@ -146,9 +146,6 @@ impl Gateway {
             audit,
             role_creds: crate::role_creds::RoleCredentialMinter::new(&root_key),
         });
-        crate::recordings::ensure_default_key(&state)
-            .await
-            .map_err(|e| GatewayError::Config(format!("recordings key: {}", e.message)))?;
         Ok(Gateway {
             state,
             tls,
