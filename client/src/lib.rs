@@ -265,15 +265,6 @@ pub fn plugin_main(argv: &[String]) -> i32 {
 
 async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
     let tls = commands::tls_config()?;
-    if port::is_port_document(start.document_name.as_deref()) {
-        let popts = port::PortOptions {
-            bind: "127.0.0.1".into(),
-            stdio: false,
-            unix: None,
-            label: String::new(),
-        };
-        return port::run(start.session, tls, popts).await;
-    }
     // Credentials are only needed for ResumeSession; a session can run without them.
     let api = if start.legacy {
         None
@@ -291,6 +282,15 @@ async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
             }
         }
     };
+    if port::is_port_document(start.document_name.as_deref()) {
+        let popts = port::PortOptions {
+            bind: "127.0.0.1".into(),
+            stdio: false,
+            unix: None,
+            label: String::new(),
+        };
+        return port::run(start.session, tls, popts, api).await;
+    }
     SessionRunner {
         info: start.session,
         tls,
