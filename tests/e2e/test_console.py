@@ -21,6 +21,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from conftest import REGION, ROOT, Agent, Gateway, LineReader, binary
+from test_encrypted_sessions import PlainGateway, Tap, encrypt_sessions
 
 DRIVER = Path(__file__).resolve().parent / "console" / "driver.mjs"
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -273,3 +274,29 @@ def test_console_refuses_an_altered_recording(gateway, agent):
     r = drive(gateway, "playbackRefused", sessionId=sid)
     assert r["error"] == "chunk 1 failed authentication (altered, or the wrong key)", r["error"]
     assert r["player"] == 0
+
+
+def test_console_encrypted_session_relay_sees_no_plaintext(workdir):
+    # Plain HTTP on loopback (still a secure context for WebCrypto) so a tap
+    # between everyone and the gateway can read every byte.
+    gw = PlainGateway(workdir)
+    tap = Tap(int(gw.url.rsplit(":", 1)[1]))
+    gw.url = f"http://127.0.0.1:{tap.port}"
+    try:
+        ag = Agent(gw, workdir)
+        try:
+            encrypt_sessions(gw)
+            marker = "browser-sealed-marker"
+            r = drive(gw, "encrypted", instanceId=ag.instance_id, marker=marker)
+            assert r["encryptedBadge"]
+            assert "exit code 4" in r["status"], r["status"]
+            seen = tap.seen()
+            assert b"TrentService.GenerateDataKey" in seen, "the browser's KMS call must cross the tap"
+            assert b"input_stream_data" in seen and b"output_stream_data" in seen
+            assert marker.encode() not in seen
+            assert f"{marker}-42".encode() not in seen
+        finally:
+            ag.stop()
+    finally:
+        tap.close()
+        gw.stop()
