@@ -6,6 +6,7 @@ mod crypto;
 mod port;
 mod port_policy;
 mod pty;
+mod recorder;
 mod register;
 mod session;
 mod state;
@@ -164,7 +165,9 @@ async fn main() -> Result<()> {
                 run_as,
                 role: Default::default(),
                 port_policy,
+                state_dir: state_dir.clone(),
             });
+            recorder::resume_spooled(&agent);
             let root = CancellationToken::new();
             let tracker = TaskTracker::new();
             let control = control::Control::new(agent, root.clone(), tracker.clone());

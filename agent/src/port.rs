@@ -275,12 +275,14 @@ pub async fn run(
 
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let pump = spawn_sender(dc.sender(), out_rx);
+    let rec = crate::recorder::start(&agent, &task, "port", (0, 0)).await;
     let dest = Arc::new(Dest {
         host,
         port,
         chunk,
         policy: agent.port_policy.clone(),
         airlock_peer: peer.airlock,
+        rec: rec.clone(),
     });
     let result = if mux {
         run_mux(&mut dc, &link, &dest, out_tx, &cancel).await
@@ -289,6 +291,8 @@ pub async fn run(
     };
     // The pump ends once every sender is gone; let it drain.
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, pump).await;
+    drop(dest);
+    crate::session::finish(&rec).await;
     match result {
         Ok(true) => {
             dc.close().await;
@@ -325,6 +329,7 @@ struct Dest {
     chunk: usize,
     policy: Policy,
     airlock_peer: bool,
+    rec: Option<crate::recorder::Recorder>,
 }
 
 enum Internal {
@@ -378,6 +383,7 @@ async fn run_mux(
                                         rx,
                                         out_tx.clone(),
                                         int_tx.clone(),
+                                        dest.rec.clone(),
                                     ));
                                 }
                                 MuxEvent::Data(sid, data) => {
@@ -430,6 +436,9 @@ fn fin_frame(sid: u32) -> Bytes {
     b.freeze()
 }
 
+// The recorder rides along as one more argument; bundling them would only
+// move the same list into a struct.
+#[allow(clippy::too_many_arguments)]
 async fn stream_task(
     sid: u32,
     dest: Arc<Dest>,
@@ -437,10 +446,13 @@ async fn stream_task(
     mut rx: mpsc::Receiver<Bytes>,
     out: mpsc::Sender<Out>,
     internal: mpsc::Sender<Internal>,
+    rec: Option<crate::recorder::Recorder>,
 ) {
+    let remote = format!("{}:{}", dest.host, dest.port);
     let conn = match dial(&dest.policy, &dest.host, dest.port).await {
         Ok(c) => c,
         Err(e) => {
+            crate::recorder::conn_event(&rec, "error", sid, &remote, (0, 0), &e).await;
             warn!(stream = sid, error = %e, "dial failed");
             let _ = out.send(connect_error(&e, dest.airlock_peer)).await;
             let _ = out.send(Out::Output(fin_frame(sid))).await;
@@ -449,20 +461,26 @@ async fn stream_task(
         }
     };
     debug!(stream = sid, "stream connected");
+    crate::recorder::conn_event(&rec, "opened", sid, &remote, (0, 0), "").await;
     let (mut rd, mut wr) = conn.into_split();
     let writer = tokio::spawn(async move {
+        let mut written = 0u64;
         while let Some(b) = rx.recv().await {
             if wr.write_all(&b).await.is_err() {
-                return;
+                return written;
             }
+            written += b.len() as u64;
         }
         let _ = wr.shutdown().await;
+        written
     });
+    let mut read_total = 0u64;
     let mut buf = vec![0u8; read_size];
     loop {
         match rd.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                read_total += n as u64;
                 let mut frame = BytesMut::with_capacity(smux::HEADER_LEN + n);
                 let data = buf.get(..n).unwrap_or(&[]);
                 if smux::encode(Cmd::Psh, sid, data, &mut frame).is_err() {
@@ -478,7 +496,8 @@ async fn stream_task(
     let _ = out.send(Out::Output(fin_frame(sid))).await;
     let _ = internal.send(Internal::Closed(sid)).await;
     // The writer ends when the main loop drops its sender.
-    let _ = writer.await;
+    let written = writer.await.unwrap_or(0);
+    crate::recorder::conn_event(&rec, "closed", sid, &remote, (written, read_total), "").await;
 }
 
 /// Basic mode: one TCP connection at a time. Returns Ok(true) when cancelled.
@@ -499,8 +518,18 @@ async fn run_basic(
     let connect = |generation: u64| {
         let out_tx = out_tx.clone();
         let eof_tx = eof_tx.clone();
+        let rec = dest.rec.clone();
         async move {
-            let conn = dial(&dest.policy, &dest.host, dest.port).await?;
+            let remote = format!("{}:{}", dest.host, dest.port);
+            let stream = generation as u32;
+            let conn = match dial(&dest.policy, &dest.host, dest.port).await {
+                Ok(c) => c,
+                Err(e) => {
+                    crate::recorder::conn_event(&rec, "error", stream, &remote, (0, 0), &e).await;
+                    return Err(e);
+                }
+            };
+            crate::recorder::conn_event(&rec, "opened", stream, &remote, (0, 0), "").await;
             let (mut rd, mut wr) = conn.into_split();
             let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
             tokio::spawn(async move {
@@ -513,10 +542,12 @@ async fn run_basic(
             });
             let reader = tokio::spawn(async move {
                 let mut buf = vec![0u8; read_size];
+                let mut read_total = 0u64;
                 loop {
                     match rd.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
+                            read_total += n as u64;
                             let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or(&[]));
                             if out_tx.send(Out::Output(data)).await.is_err() {
                                 return;
@@ -524,6 +555,8 @@ async fn run_basic(
                         }
                     }
                 }
+                crate::recorder::conn_event(&rec, "closed", stream, &remote, (0, read_total), "")
+                    .await;
                 let _ = eof_tx.send(generation).await;
             });
             Ok::<Conn, String>(Conn { writer: tx, reader })

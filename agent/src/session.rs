@@ -267,6 +267,8 @@ pub async fn run(
     .await?;
     debug!(exit_code_ok, "handshake complete");
 
+    let size = early_size.map_or((80, 24), |s| (clamp_dim(s.cols), clamp_dim(s.rows)));
+    let rec = crate::recorder::start(&agent, &task, "shell", size).await;
     let spec = shell_spec(&agent, &task)?;
     let mut pty = Pty::spawn(&spec)?;
     if let Some(size) = early_size {
@@ -286,8 +288,13 @@ pub async fn run(
     let mut output = std::mem::replace(&mut pty.output, placeholder);
     let sender = dc.sender();
     let pump_crypto = crypto.clone();
+    let rec_out = rec.clone();
     let mut output_pump = tokio::spawn(async move {
         while let Some(chunk) = output.recv().await {
+            // Record the plaintext the user saw; seal only what leaves the host.
+            if let Some(r) = &rec_out {
+                r.output(&chunk).await;
+            }
             let chunk = match &pump_crypto {
                 Some(c) => c.seal(PayloadType::Output, chunk)?,
                 None => chunk,
@@ -304,6 +311,7 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => {
                 output_pump.abort();
+                finish(&rec).await;
                 pty.kill();
                 dc.close().await;
                 return Ok(Outcome::Cancelled);
@@ -338,6 +346,9 @@ pub async fn run(
                             },
                             None => payload,
                         };
+                        if let Some(r) = &rec {
+                            r.input(&payload).await;
+                        }
                         let open = pty.write(payload).await;
                         if !open {
                             debug!("pty input closed");
@@ -346,12 +357,19 @@ pub async fn run(
                     PayloadType::Size => {
                         if let Ok(size) = serde_json::from_slice::<TerminalSize>(&payload) {
                             pty.resize(clamp_dim(size.cols), clamp_dim(size.rows));
+                            if let Some(r) = &rec {
+                                r.resize(size.cols, size.rows).await;
+                            }
                         }
                     }
                     _ => {}
                 },
                 Some(ChannelEvent::Proto(Event::Control(frame))) => {
                     if is_channel_closed(&frame) {
+                        if !output_done {
+                            let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output_pump).await;
+                        }
+                        finish(&rec).await;
                         pty.kill();
                         dc.close().await;
                         return Ok(Outcome::Cancelled);
@@ -368,6 +386,7 @@ pub async fn run(
         }
     }
 
+    finish(&rec).await;
     let code = exit_code.unwrap_or(1);
     if exit_code_ok {
         let mut payload = Bytes::from(format_exit_code(code));
@@ -405,6 +424,12 @@ pub async fn run(
     .await;
     dc.close().await;
     Ok(Outcome::Exited(code))
+}
+
+pub(crate) async fn finish(rec: &Option<crate::recorder::Recorder>) {
+    if let Some(r) = rec {
+        r.finish().await;
+    }
 }
 
 fn clamp_dim(v: u32) -> u16 {

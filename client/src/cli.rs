@@ -100,6 +100,13 @@ pub enum Command {
         args: Vec<String>,
     },
     /// Behave as the AWS CLI's session-manager-plugin with these arguments
+    /// List, play, export, verify and search session recordings
+    Recordings {
+        #[command(subcommand)]
+        command: crate::recordings::RecordingsCommand,
+        #[command(flatten)]
+        conn: Conn,
+    },
     #[command(
         name = "session-manager-plugin",
         disable_help_flag = true,

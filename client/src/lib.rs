@@ -15,6 +15,7 @@ pub mod handshake;
 pub mod params;
 pub mod plugin;
 pub mod port;
+pub mod recordings;
 pub mod session;
 pub mod terminal;
 
@@ -153,6 +154,10 @@ pub fn main_entry() -> i32 {
             )
         }
         cli::Command::Admin { args } => run_async(async move { admin::run(&args).await }),
+        cli::Command::Recordings { command, conn } => {
+            let opts = conn_opts(&conn);
+            run_async(async move { recordings::run(&opts, command).await })
+        }
         cli::Command::Sessions { command, conn } => {
             let opts = conn_opts(&conn);
             run_async(async move {

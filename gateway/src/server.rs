@@ -131,13 +131,8 @@ impl Gateway {
             Some(crate::tls::acceptor(&paths)?)
         };
 
-        let recordings = crate::recordings::Recordings::new(
-            &config.recordings,
-            &dir,
-            &config.aws.region,
-            &config.aws.account_id,
-        )
-        .map_err(GatewayError::Config)?;
+        let recordings = crate::recordings::Recordings::new(&config.recordings, &dir)
+            .map_err(GatewayError::Config)?;
         let state = Arc::new(AppState {
             recordings,
             config,
@@ -151,6 +146,9 @@ impl Gateway {
             audit,
             role_creds: crate::role_creds::RoleCredentialMinter::new(&root_key),
         });
+        crate::recordings::ensure_default_key(&state)
+            .await
+            .map_err(|e| GatewayError::Config(format!("recordings key: {}", e.message)))?;
         Ok(Gateway {
             state,
             tls,
