@@ -118,6 +118,23 @@ def test_console_sign_in_link_fragment(gateway, agent):
     assert secret not in r["url"] and r["url"].endswith("/console/#/instances"), r["url"]
 
 
+def test_airlock_console_link_signs_in_with_temporary_credentials(gateway, agent):
+    key, secret = gateway.admin_keys()
+    out = airlock(gateway, "console")
+    assert out.returncode == 0, out.stderr
+    link = out.stdout.decode().strip()
+    assert link.startswith(f"{gateway.url}/console/#/signin?AccessKeyId=ASIA"), link
+    assert secret not in link and key not in link
+    assert b"treat it like a password" in out.stderr
+    r = drive(gateway, "link", instanceId=agent.instance_id, link=link)
+    assert r["whoami"].startswith("ASIA"), r["whoami"]
+    assert "SecretAccessKey" not in r["url"], r["url"]
+    # The lifetime is bounded by the gateway, in its own words.
+    bad = airlock(gateway, "console", "--duration-seconds", "60")
+    assert bad.returncode == 254, bad.stderr
+    assert b"DurationSeconds must be an integer between 900 and 3600" in bad.stderr, bad.stderr
+
+
 def test_console_reconnects_with_resume_session(gateway, agent):
     r = drive(gateway, "reconnect", instanceId=agent.instance_id)
     assert r["resumed"]

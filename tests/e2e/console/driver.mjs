@@ -155,7 +155,7 @@ const scenarios = {
   // signs the tab in and is scrubbed from the address bar.
   async link(page) {
     const q = new URLSearchParams({ AccessKeyId: cfg.accessKeyId, SecretAccessKey: cfg.secret });
-    await page.goto(`${cfg.url}/console/#/signin?${q}`);
+    await page.goto(cfg.link || `${cfg.url}/console/#/signin?${q}`);
     await page.waitForSelector(`tr[data-instance="${cfg.instanceId}"]`, { timeout: TIMEOUT });
     result.url = page.url();
     result.whoami = await page.textContent('#whoami');
