@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod cli;
 pub mod commands;
+pub mod console;
 pub mod crypto;
 pub mod error;
 pub mod handshake;
@@ -154,6 +155,13 @@ pub fn main_entry() -> i32 {
             )
         }
         cli::Command::Admin { args } => run_async(async move { admin::run(&args).await }),
+        cli::Command::Console {
+            duration_seconds,
+            conn,
+        } => {
+            let opts = conn_opts(&conn);
+            run_async(async move { console::run(&opts, duration_seconds).await })
+        }
         cli::Command::Recordings { command, conn } => {
             let opts = conn_opts(&conn);
             run_async(async move { recordings::run(&opts, command).await })
