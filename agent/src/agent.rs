@@ -17,6 +17,10 @@ pub struct Agent {
     pub ws_base: String,
     pub shell: Option<String>,
     pub run_as: Option<String>,
+    /// Where registration and the recordings spool live.
+    pub state_dir: std::path::PathBuf,
+    /// Destinations port sessions may dial.
+    pub port_policy: crate::port_policy::Policy,
     /// Short-lived role credentials (issue 3), fetched with the
     /// registration key and refreshed halfway through their lifetime.
     pub role: tokio::sync::Mutex<Option<RoleApi>>,
