@@ -221,7 +221,10 @@ def write_recording(gateway, agent, session_id, events):
     call = lambda body: signed_post(  # noqa: E731
         gateway, "/airlock/v1/recordings", reg["AccessKeyId"], reg["SecretAccessKey"], "ssmmessages", body)
     ctx = {"aws:ssm:SessionId": session_id, "aws:ssm:TargetId": agent.instance_id, "airlock:purpose": "recording"}
-    dk = call({"Action": "GenerateDataKey", "SessionId": session_id, "EncryptionContext": ctx})
+    # Data keys come from the gateway's KMS, as the agent's recorder gets them.
+    dk = signed_post(gateway, "/", reg["AccessKeyId"], reg["SecretAccessKey"], "kms",
+                     {"KeyId": "alias/airlock/recordings", "KeySpec": "AES_256", "EncryptionContext": ctx},
+                     target="TrentService.GenerateDataKey")
     key = base64.b64decode(dk["Plaintext"])
     header = json.dumps({
         "format": 1, "sessionId": session_id, "target": agent.instance_id, "owner": "admin",
