@@ -79,6 +79,17 @@ pub fn kms_action(key_arn: &str, challenge: &str) -> RequestedClientAction {
     }
 }
 
+/// The KMS parameters added to the capability action of a port session.
+pub fn port_capability_params(caps: &mut serde_json::Value, key_id: &str, challenge: &str) {
+    if let Some(o) = caps.as_object_mut() {
+        if let Some(f) = o.get_mut("Features").and_then(|f| f.as_array_mut()) {
+            f.push(CAP_KMS_PORT.into());
+        }
+        o.insert("KMSKeyId".into(), key_id.into());
+        o.insert("Challenge".into(), challenge.into());
+    }
+}
+
 /// The KMSEncryption result of a shell handshake, or the port capability's
 /// result (same fields), if the client processed it successfully.
 /// Err carries the client's error text.
@@ -350,4 +361,95 @@ pub enum Negotiated {
     Plain,
     Encrypted(AgentCrypto, Early),
     Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_proto::handshake::ProcessedClientAction;
+    use airlock_proto::messages::SessionDocument;
+
+    fn task(inputs: serde_json::Value) -> StartSessionTask {
+        StartSessionTask {
+            document_name: "SSM-SessionManagerRunShell".into(),
+            session_id: "alice-0".into(),
+            run_as_user: String::new(),
+            session_owner: "arn".into(),
+            parameters: Default::default(),
+            document_content: SessionDocument {
+                schema_version: "1.0".into(),
+                description: String::new(),
+                session_type: "Standard_Stream".into(),
+                inputs,
+                parameters: serde_json::Value::Null,
+                properties: serde_json::Value::Null,
+            },
+        }
+    }
+
+    fn resp(action_type: &str, status: i32, result: serde_json::Value) -> HandshakeResponse {
+        HandshakeResponse {
+            client_version: "1".into(),
+            processed_client_actions: vec![ProcessedClientAction {
+                action_type: action_type.into(),
+                action_status: status,
+                action_result: result,
+                error: "denied".into(),
+            }],
+            errors: None,
+        }
+    }
+
+    #[test]
+    fn settings_from_preferences() {
+        assert_eq!(settings(&task(serde_json::json!({"kmsKeyId": " "}))), None);
+        assert_eq!(settings(&task(serde_json::Value::Null)), None);
+        assert_eq!(
+            settings(&task(
+                serde_json::json!({"kmsKeyId": "alias/k", "requireEncryption": "true"})
+            )),
+            Some(KmsSettings {
+                key_id: "alias/k".into(),
+                require: true
+            })
+        );
+    }
+
+    #[test]
+    fn kms_results() {
+        let ok = serde_json::json!({"KMSCipherTextKey": "AAAA"});
+        assert_eq!(
+            kms_result(&resp(ACTION_KMS_ENCRYPTION, 1, ok.clone()), false),
+            Some(Ok(ok.clone()))
+        );
+        assert_eq!(
+            kms_result(
+                &resp(ACTION_KMS_ENCRYPTION, 2, serde_json::Value::Null),
+                false
+            ),
+            Some(Err("denied".into()))
+        );
+        // A stock plugin leaves the capability action at status 0: plain port.
+        assert_eq!(
+            kms_result(
+                &resp(ACTION_AIRLOCK_CAPABILITIES, 0, serde_json::json!(3)),
+                true
+            ),
+            None
+        );
+        let port = serde_json::json!({"Features": ["kms_port"], "KMSCipherTextKey": "AAAA"});
+        assert_eq!(
+            kms_result(&resp(ACTION_AIRLOCK_CAPABILITIES, 1, port.clone()), true),
+            Some(Ok(port))
+        );
+    }
+
+    #[test]
+    fn port_capability_carries_kms_parameters() {
+        let mut caps = serde_json::json!({"Features": [], "MaxPayload": 1024});
+        port_capability_params(&mut caps, "alias/k", "Y2hhbA==");
+        assert_eq!(caps["Features"], serde_json::json!(["kms_port"]));
+        assert_eq!(caps["KMSKeyId"], "alias/k");
+        assert_eq!(caps["Challenge"], "Y2hhbA==");
+    }
 }

@@ -11,7 +11,7 @@ use airlock_proto::handshake::{
     ACTION_AIRLOCK_CAPABILITIES, ACTION_SESSION_TYPE,
 };
 use airlock_proto::messages::{AgentSessionState, SessionState, StartSessionTask};
-use airlock_proto::reliable::{Config, Event};
+use airlock_proto::reliable::{Config, Event, FEATURE_NO_PAYLOAD_DIGEST};
 use airlock_proto::smux::{self, Cmd, Mux, MuxEvent, MuxRole};
 use airlock_proto::{MessageType, PayloadType, Role};
 use airlock_transport::datachannel::{ChannelEvent, DataChannel, DataSender};
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
+use crate::crypto::AgentCrypto;
 use crate::port_policy::Policy;
 use crate::session::{is_channel_closed, Link, Outcome};
 use crate::sysinfo;
@@ -49,6 +50,7 @@ struct Peer {
     version: String,
     airlock: bool,
     max_payload: usize,
+    no_digest: bool,
 }
 
 /// Numeric 4-part compare; unparsable → None.
@@ -84,6 +86,9 @@ fn peer_from(resp: &HandshakeResponse) -> Peer {
     Peer {
         version: resp.client_version.clone(),
         airlock: caps.is_some(),
+        no_digest: caps
+            .as_ref()
+            .is_some_and(|c| c.features.iter().any(|f| f == FEATURE_NO_PAYLOAD_DIGEST)),
         max_payload: caps
             .map(|c| c.max_payload.clamp(STOCK_PAYLOAD, PORT_MAX_PAYLOAD))
             .unwrap_or(STOCK_PAYLOAD),
@@ -152,11 +157,18 @@ enum Out {
 fn spawn_sender(
     sender: DataSender,
     mut rx: mpsc::Receiver<Out>,
+    crypto: Option<AgentCrypto>,
 ) -> tokio::task::JoinHandle<Result<()>> {
     tokio::spawn(async move {
         while let Some(o) = rx.recv().await {
             match o {
-                Out::Output(b) => sender.send(PayloadType::Output, b).await?,
+                Out::Output(b) => {
+                    let b = match &crypto {
+                        Some(c) => c.seal(PayloadType::Output, b)?,
+                        None => b,
+                    };
+                    sender.send(PayloadType::Output, b).await?
+                }
                 Out::Flag(f) => sender.send(PayloadType::Flag, flag_payload(f)).await?,
                 Out::Raw(t, b) => sender.send(t, b).await?,
             }
@@ -193,7 +205,9 @@ pub async fn run(
 
     let properties = task.document_content.properties.clone();
     let started = Instant::now();
-    let request = HandshakeRequest {
+    let kms = crate::crypto::settings(&task);
+    let kms_challenge = crate::crypto::random_challenge()?;
+    let mut request = HandshakeRequest {
         agent_version: sysinfo::agent_version(),
         requested_client_actions: vec![
             RequestedClientAction {
@@ -203,19 +217,29 @@ pub async fn run(
             RequestedClientAction {
                 action_type: ACTION_AIRLOCK_CAPABILITIES.into(),
                 action_parameters: serde_json::to_value(Capabilities {
-                    features: vec![],
+                    features: vec![FEATURE_NO_PAYLOAD_DIGEST.into()],
                     max_payload: PORT_MAX_PAYLOAD,
                 })?,
             },
         ],
     };
+    if let (Some(k), Some(caps)) = (&kms, request.requested_client_actions.get_mut(1)) {
+        crate::crypto::port_capability_params(
+            &mut caps.action_parameters,
+            &k.key_id,
+            &kms_challenge,
+        );
+    }
+    // Offering the feature: an Airlock client may stop sending digests as
+    // soon as it has answered, before we have read its answer.
+    dc.sender().set_payload_digest(true, true).await?;
     dc.send(
         PayloadType::HandshakeRequest,
         Bytes::from(serde_json::to_vec(&request)?),
     )
     .await?;
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    let peer = loop {
+    let (peer, response) = loop {
         let ev = tokio::select! {
             ev = dc.recv() => ev,
             _ = cancel.cancelled() => { dc.close().await; return Ok(Outcome::Cancelled) }
@@ -236,7 +260,7 @@ pub async fn run(
                 {
                     bail!("client refused the Port session: {}", a.error);
                 }
-                break peer_from(&resp);
+                break (peer_from(&resp), resp);
             }
             Some(ChannelEvent::Proto(Event::Data { .. })) => {}
             Some(ChannelEvent::Proto(Event::Control(frame))) => {
@@ -248,9 +272,39 @@ pub async fn run(
             Some(ChannelEvent::Disconnected(_)) => link.reconnect(&dc).await?,
         }
     };
+    let mut crypto = None;
+    if let Some(k) = &kms {
+        use crate::crypto::Negotiated;
+        let n = crate::crypto::negotiate(
+            &mut dc,
+            &agent,
+            &task,
+            k,
+            &kms_challenge,
+            Some(&response),
+            true,
+            &link,
+            0,
+        );
+        match n.await? {
+            Negotiated::Encrypted(c, _) => crypto = Some(c),
+            Negotiated::Plain => {}
+            Negotiated::Closed => {
+                dc.close().await;
+                return Ok(Outcome::Cancelled);
+            }
+        }
+    }
+    // Digests stay on (and required) unless the client took the feature.
+    dc.sender()
+        .set_payload_digest(!peer.no_digest, peer.no_digest)
+        .await?;
     let complete = HandshakeComplete {
         handshake_time_to_complete: i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX),
-        customer_message: String::new(),
+        customer_message: match crypto {
+            Some(_) => crate::crypto::CUSTOMER_MESSAGE.into(),
+            None => String::new(),
+        },
     };
     dc.send(
         PayloadType::HandshakeComplete,
@@ -271,10 +325,10 @@ pub async fn run(
         .context("document properties lack a valid portNumber")?;
     let mux = multiplexed(&properties, &peer);
     let chunk = peer.max_payload;
-    info!(%host, port, mux, chunk, client_version = %peer.version, "port session");
+    info!(%host, port, mux, chunk, no_digest = peer.no_digest, client_version = %peer.version, "port session");
 
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-    let pump = spawn_sender(dc.sender(), out_rx);
+    let pump = spawn_sender(dc.sender(), out_rx, crypto.clone());
     let rec = crate::recorder::start(&agent, &task, "port", (0, 0)).await;
     let dest = Arc::new(Dest {
         host,
@@ -283,6 +337,7 @@ pub async fn run(
         policy: agent.port_policy.clone(),
         airlock_peer: peer.airlock,
         rec: rec.clone(),
+        crypto,
     });
     let result = if mux {
         run_mux(&mut dc, &link, &dest, out_tx, &cancel).await
@@ -330,6 +385,17 @@ struct Dest {
     policy: Policy,
     airlock_peer: bool,
     rec: Option<crate::recorder::Recorder>,
+    /// Set when the session is KMS-encrypted (Airlock client, `kms_port`).
+    crypto: Option<AgentCrypto>,
+}
+
+impl Dest {
+    fn open(&self, payload_type: PayloadType, payload: Bytes) -> Result<Bytes> {
+        match &self.crypto {
+            Some(c) => c.open(payload_type, payload),
+            None => Ok(payload),
+        }
+    }
 }
 
 enum Internal {
@@ -367,7 +433,8 @@ async fn run_mux(
                 None => bail!("data channel stopped"),
                 Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
                     PayloadType::Output => {
-                        let events = match mux.receive(&payload) {
+                        let payload = dest.open(payload_type, payload)?;
+                        let events = match mux.receive_bytes(payload) {
                             Ok(e) => e,
                             Err(e) => bail!("{e}"),
                         };
@@ -589,6 +656,7 @@ async fn run_basic(
                 None => bail!("data channel stopped"),
                 Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
                     PayloadType::Output => {
+                        let payload = dest.open(payload_type, payload)?;
                         if conn.is_none() {
                             generation += 1;
                             match connect(generation).await {
@@ -663,6 +731,7 @@ mod tests {
             version: "1.0.0.0".into(),
             airlock: false,
             max_payload: 1024,
+            no_digest: false,
         };
         let new = Peer {
             version: "1.2.0.0".into(),

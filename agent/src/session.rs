@@ -24,7 +24,14 @@ use crate::pty::{Pty, ShellSpec};
 use crate::sysinfo;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a finished session waits for its output to be acked. Longer
+/// than the stock agent's 2 s: a client that is resuming (or slow behind a
+/// relay backlog) must still get every byte.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(20);
+/// After `Terminating`, how long to keep reading until the gateway answers
+/// with channel_closed or closes: closing first with unread bytes would reset
+/// the connection and could drop the terminating frame itself.
+const TERMINATE_WAIT: Duration = Duration::from_secs(10);
 /// After the shell exits, how long to keep draining output still in the pty
 /// (background jobs may hold it open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(1500);
@@ -418,8 +425,7 @@ pub async fn run(
         Bytes::from(serde_json::to_vec(&terminating)?),
     )
     .await?;
-    // Give the driver a moment to write it, or for the gateway's close.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+    let _ = tokio::time::timeout(TERMINATE_WAIT, async {
         while let Some(ev) = dc.recv().await {
             if let ChannelEvent::Disconnected(_) = ev {
                 break;

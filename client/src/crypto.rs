@@ -46,6 +46,13 @@ pub struct ClientCrypto {
     opener: Arc<Opener>,
 }
 
+/// Two handles are equal when they share one sealer.
+impl PartialEq for ClientCrypto {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.sealer, &other.sealer)
+    }
+}
+
 impl std::fmt::Debug for ClientCrypto {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ClientCrypto(..)")
@@ -217,4 +224,80 @@ async fn generate(
     let plain = zeroize::Zeroizing::new(plain);
     let keys = SessionKeys::from_slice(&plain, Role::Client).map_err(|e| e.to_string())?;
     Ok((blob, ClientCrypto::new(&keys)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_proto::crypto::{agent_challenge, NonceSource};
+
+    fn keys(role: Role) -> SessionKeys {
+        SessionKeys::from_data_key(&[7u8; 64], role).unwrap()
+    }
+
+    #[test]
+    fn seals_only_input_and_opens_agent_output() {
+        let client = ClientCrypto::new(&keys(Role::Client));
+        let agent = keys(Role::Agent);
+        let sealed = client
+            .seal(PayloadType::Output, Bytes::from_static(b"ls\n"))
+            .unwrap();
+        assert_ne!(&sealed[..], b"ls\n");
+        assert_eq!(&agent.opener().open(&sealed).unwrap()[..], b"ls\n");
+        // Size payloads stay clear.
+        let size = Bytes::from_static(br#"{"cols":80,"rows":24}"#);
+        assert_eq!(client.seal(PayloadType::Size, size.clone()).unwrap(), size);
+
+        let mut s = agent.sealer(NonceSource::Counter([0; 12]));
+        let out = Bytes::from(s.seal(b"hello").unwrap());
+        assert_eq!(
+            &client.open(PayloadType::StdErr, out.clone()).unwrap()[..],
+            b"hello"
+        );
+        let mut bad = out.to_vec();
+        bad[20] ^= 1;
+        assert!(client.open(PayloadType::Output, Bytes::from(bad)).is_err());
+    }
+
+    #[test]
+    fn answers_the_agent_challenge() {
+        let client = ClientCrypto::new(&keys(Role::Client));
+        let agent = keys(Role::Agent);
+        let rng = SystemRandom::new();
+        let mut sealer = agent.sealer(NonceSource::Counter([9; 12]));
+        let (challenge, sealed) = agent_challenge(&mut sealer, &rng).unwrap();
+        let req = serde_json::to_vec(&EncChallenge {
+            challenge: B64.encode(sealed),
+        })
+        .unwrap();
+        let answer: EncChallenge =
+            serde_json::from_slice(&client.answer_challenge(&req).unwrap()).unwrap();
+        let raw = B64.decode(answer.challenge).unwrap();
+        airlock_proto::crypto::agent_verify_challenge(&agent.opener(), &challenge, &raw).unwrap();
+        assert!(client.answer_challenge(b"{\"Challenge\":\"!!\"}").is_err());
+    }
+
+    #[tokio::test]
+    async fn kms_failure_without_credentials_is_reported_in_the_response() {
+        let req: HandshakeRequest = serde_json::from_value(serde_json::json!({
+            "AgentVersion": "1",
+            "RequestedClientActions": [
+                {"ActionType": "KMSEncryption", "ActionParameters": {"KMSKeyId": "alias/k", "Challenge": "Yw=="}}
+            ]
+        }))
+        .unwrap();
+        let mut out = crate::handshake::respond(&req);
+        let env = KmsEnv {
+            api: None,
+            session_id: "s".into(),
+            target: Some("mi-1".into()),
+        };
+        match process(&req, &mut out.response, &env, false).await {
+            KmsOutcome::Failed(m) => assert!(m.contains("no AWS credentials"), "{m}"),
+            _ => panic!("expected a failure"),
+        }
+        let a = &out.response.processed_client_actions[0];
+        assert_eq!(a.action_status, 2);
+        assert!(a.error.contains("kms:GenerateDataKey"));
+    }
 }

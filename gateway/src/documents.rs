@@ -502,7 +502,13 @@ pub struct DocVersion {
 #[derive(Clone)]
 pub struct DocStore {
     conn: std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>,
+    /// The preferences' inputs as last read, for the session reaper that
+    /// asks four times a second; writes here clear it, and the TTL bounds
+    /// how stale another gateway's change can look.
+    prefs_cache: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, Value)>>>,
 }
+
+const PREFS_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 type StoreResult<T> = Result<T, crate::store::StoreError>;
 
@@ -528,7 +534,14 @@ impl DocStore {
         )?;
         Ok(DocStore {
             conn: std::sync::Arc::new(std::sync::Mutex::new(conn)),
+            prefs_cache: Default::default(),
         })
+    }
+
+    fn forget_preferences(&self) {
+        if let Ok(mut g) = self.prefs_cache.lock() {
+            *g = None;
+        }
     }
 
     async fn with<T: Send + 'static>(
@@ -599,6 +612,7 @@ impl DocStore {
         create: bool,
         now_ms: i64,
     ) -> StoreResult<Option<i64>> {
+        self.forget_preferences();
         let name = name.to_string();
         self.with(move |c| {
             use rusqlite::OptionalExtension;
@@ -638,6 +652,7 @@ impl DocStore {
     }
 
     pub async fn set_default(&self, name: &str, version: i64) -> StoreResult<bool> {
+        self.forget_preferences();
         let name = name.to_string();
         self.with(move |c| {
             let n = c.execute(
@@ -650,6 +665,7 @@ impl DocStore {
     }
 
     pub async fn delete(&self, name: &str) -> StoreResult<bool> {
+        self.forget_preferences();
         let name = name.to_string();
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -715,10 +731,52 @@ pub async fn resolve_for_session(
 /// The inputs of the preferences document (`SSM-SessionManagerRunShell`,
 /// default version), `{}` when none was created.
 pub async fn preferences(docs: &DocStore) -> Result<Value, ApiError> {
-    match docs.get(SHELL, None).await? {
-        Some(d) => Ok(parse_content(&d.content, None)?.inputs),
-        None => Ok(json!({})),
+    if let Ok(g) = docs.prefs_cache.lock() {
+        if let Some((_, v)) = g.as_ref().filter(|(at, _)| at.elapsed() < PREFS_TTL) {
+            return Ok(v.clone());
+        }
     }
+    let v = match docs.get(SHELL, None).await? {
+        Some(d) => parse_content(&d.content, None)?.inputs,
+        None => json!({}),
+    };
+    if let Ok(mut g) = docs.prefs_cache.lock() {
+        *g = Some((std::time::Instant::now(), v.clone()));
+    }
+    Ok(v)
+}
+
+fn minutes(inputs: &Value, key: &str) -> Option<u64> {
+    let m = match inputs.get(key)? {
+        Value::String(s) => s.trim().parse::<u64>().ok()?,
+        Value::Number(n) => n.as_u64()?,
+        _ => return None,
+    };
+    (m > 0).then_some(m.saturating_mul(60))
+}
+
+/// The preferences' `idleSessionTimeout` / `maxSessionDuration` (minutes)
+/// override the gateway configuration's defaults when set.
+pub fn overlay_timeouts(inputs: &Value, cfg: &mut crate::config::SessionsConfig) {
+    if let Some(idle) = minutes(inputs, "idleSessionTimeout") {
+        cfg.idle_timeout_secs = idle;
+    }
+    if let Some(max) = minutes(inputs, "maxSessionDuration") {
+        cfg.max_session_duration_secs = Some(max);
+    }
+}
+
+/// The session timeouts in force: the configuration overlaid with the
+/// preferences (the configuration alone if they cannot be read).
+pub async fn effective_sessions_config(
+    state: &crate::server::AppState,
+) -> crate::config::SessionsConfig {
+    let mut cfg = state.config.sessions.clone();
+    match preferences(&state.documents).await {
+        Ok(p) => overlay_timeouts(&p, &mut cfg),
+        Err(e) => tracing::warn!(error = %e.message, "session preferences unreadable"),
+    }
+    cfg
 }
 
 /// The SSM document operations for Session documents; None for any other
@@ -1285,6 +1343,34 @@ mod tests {
                 .code,
             "InvalidParameters"
         );
+    }
+
+    #[test]
+    fn preference_timeouts_override_config() {
+        let mut cfg = crate::config::SessionsConfig::default();
+        let before = cfg.clone();
+        overlay_timeouts(
+            &json!({"idleSessionTimeout": "", "kmsKeyId": "k"}),
+            &mut cfg,
+        );
+        assert_eq!(cfg, before);
+        overlay_timeouts(
+            &json!({"idleSessionTimeout": "5", "maxSessionDuration": "90"}),
+            &mut cfg,
+        );
+        assert_eq!(cfg.idle_timeout_secs, 300);
+        assert_eq!(cfg.max_session_duration_secs, Some(5400));
+    }
+
+    #[test]
+    fn session_inputs_are_validated() {
+        assert!(
+            validate_inputs(&json!({"kmsKeyId": "alias/x", "requireEncryption": "true"})).is_ok()
+        );
+        assert!(validate_inputs(&json!({"requireEncryption": true})).is_err());
+        assert!(validate_inputs(&json!({"maxSessionDuration": "1441"})).is_err());
+        assert!(validate_inputs(&json!({"shellProfile": {"linux": 3}})).is_err());
+        assert!(validate_inputs(&json!({"runAsEnabled": "yes"})).is_err());
     }
 
     #[test]

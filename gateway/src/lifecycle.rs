@@ -125,7 +125,10 @@ pub fn verdict(cfg: &SessionsConfig, c: Clock, now: i64) -> Option<Verdict> {
 /// also ends stored sessions that no relay of this gateway holds and that
 /// have not changed state for a resume window (e.g. after a restart).
 pub async fn reap_once(state: &AppState, now: i64, scan_orphans: bool) {
-    let cfg = &state.config.sessions;
+    // Session Manager preferences (idleSessionTimeout, maxSessionDuration)
+    // take precedence over the configuration when set.
+    let effective = crate::documents::effective_sessions_config(state).await;
+    let cfg = &effective;
     for relay in state.hub.relays() {
         if let Some(v) = verdict(cfg, Clock::of(&relay), now) {
             relay.span.in_scope(

@@ -419,6 +419,8 @@ async fn route_inner(
         crate::recordings::handle(&state, &rr).await
     } else if rr.path == crate::role_creds::PATH {
         crate::role_creds::handle(&state, &rr).await
+    } else if rr.path == crate::console::CREDENTIALS_PATH {
+        crate::console::credentials(&state, &rr).await
     } else if rr.path == "/airlock/v1/register" {
         crate::api::register(&state, &rr).await
     } else if let Some(id) = rr.path.strip_prefix("/v1/control-channel/") {

@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import REGION, Agent, Gateway, LineReader, airlock, binary
-from test_kms import aws_cli
+from test_kms import aws_cli, iam, make_user
 
 
 def code(excinfo):
@@ -278,3 +278,78 @@ def test_relay_tap_never_sees_the_typed_and_echoed_marker(tapped, workdir):
         assert marker not in seen
     finally:
         agent.stop()
+
+
+SESSION_STATEMENTS = [
+    {"Effect": "Allow", "Action": ["ssm:StartSession", "ssm:TerminateSession", "ssm:ResumeSession"],
+     "Resource": "*"},
+]
+
+
+def test_client_without_generate_data_key_gets_a_clear_error(gateway, agent):
+    encrypt_sessions(gateway)
+    ak, sk = make_user(gateway, "nokms", SESSION_STATEMENTS)
+    out = airlock(gateway, "start-session", "--target", agent.instance_id,
+                  stdin=b"echo never-$((2+2)); exit 0\n",
+                  env=gateway.env(AWS_ACCESS_KEY_ID=ak, AWS_SECRET_ACCESS_KEY=sk))
+    stderr = out.stderr.decode(errors="replace")
+    assert out.returncode != 0
+    assert "kms:GenerateDataKey" in stderr and "AccessDeniedException" in stderr, stderr
+    assert b"never-4" not in out.stdout
+
+
+def test_agent_without_decrypt_gets_a_clear_error(gateway, agent):
+    encrypt_sessions(gateway)
+    # The agents' role loses its KMS statement.
+    iam(gateway, "DeleteRolePolicy", RoleName="AirlockManagedInstance", PolicyName="AirlockAgentExtras")
+    out = airlock(gateway, "start-session", "--target", agent.instance_id,
+                  stdin=b"echo never-$((2+3)); exit 0\n")
+    text = out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace")
+    assert "kms:Decrypt" in text and "AccessDeniedException" in text, text
+    assert "never-5" not in text
+
+
+def test_encrypted_port_forward_between_airlock_ends(tapped, workdir):
+    from test_port_forwarding import DOC_REMOTE, EchoServer, Tunnel
+
+    gw, tap = tapped
+    agent = Agent(gw, workdir)
+    echo = EchoServer()
+    tunnel = None
+    try:
+        encrypt_sessions(gw, requireEncryption=True)
+        tunnel = Tunnel(gw, "start-session", "--target", agent.instance_id, "--document-name", DOC_REMOTE,
+                        "--parameters", f"host=127.0.0.1,portNumber={echo.port},localPortNumber=0")
+        marker = b"port-forwarded-secret-" + os.urandom(8).hex().encode()
+        payload = marker * 2000 + os.urandom(300_000)
+        with socket.create_connection(("127.0.0.1", tunnel.port), timeout=60) as s:
+            threading.Thread(target=s.sendall, args=(payload,), daemon=True).start()
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        assert bytes(got) == payload
+        seen = tap.seen()
+        assert b"GenerateDataKey" in seen
+        assert marker not in seen
+    finally:
+        if tunnel:
+            tunnel.close()
+        echo.close()
+        agent.stop()
+
+
+def test_required_encryption_refuses_a_port_session_that_cannot_encrypt(gateway, agent):
+    from test_port_forwarding import DOC_REMOTE
+
+    encrypt_sessions(gateway, requireEncryption=True)
+    ak, sk = make_user(gateway, "nokmsport", SESSION_STATEMENTS)
+    out = airlock(gateway, "start-session", "--target", agent.instance_id, "--document-name", DOC_REMOTE,
+                  "--parameters", "host=127.0.0.1,portNumber=9,localPortNumber=0",
+                  env=gateway.env(AWS_ACCESS_KEY_ID=ak, AWS_SECRET_ACCESS_KEY=sk), timeout=60)
+    text = out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace")
+    assert out.returncode != 0, text
+    assert "kms:GenerateDataKey" in text, text
+    assert "Waiting for connections" not in text
