@@ -87,12 +87,16 @@ function signInPage() {
       sessionToken: $('session-token').value.trim(),
       region: $('region').value.trim(),
     };
-    // Check the key with a harmless signed call before keeping it.
+    // Check the key with a harmless signed call before keeping it. An
+    // AccessDenied answer still proves the signature (the key is good; the
+    // user just may not list instances).
     try {
       await new Api(creds).ssm('DescribeInstanceInformation', { MaxResults: 5 });
     } catch (e) {
-      showError(e);
-      return;
+      if (e.code !== 'AccessDeniedException') {
+        showError(e);
+        return;
+      }
     }
     saveCredentials(creds);
     location.hash = '#/instances';
