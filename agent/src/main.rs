@@ -4,7 +4,9 @@ mod agent;
 mod control;
 mod crypto;
 mod port;
+mod port_policy;
 mod pty;
+mod recorder;
 mod register;
 mod session;
 mod state;
@@ -57,6 +59,26 @@ enum Cmd {
         run_as: Option<String>,
         #[arg(long)]
         ca_bundle: Option<PathBuf>,
+        /// Port sessions may only dial destinations matching one of these
+        /// HOST:PORT patterns (repeatable or comma-separated; empty = any).
+        /// HOST: `*`, name, `*.suffix`, IP, CIDR; PORT: `*`, N or N-M.
+        #[arg(
+            long = "port-allow",
+            env = "AIRLOCK_AGENT_PORT_ALLOW",
+            value_delimiter = ','
+        )]
+        port_allow: Vec<String>,
+        /// Port sessions never dial destinations matching these patterns
+        /// (deny wins over allow).
+        #[arg(
+            long = "port-deny",
+            env = "AIRLOCK_AGENT_PORT_DENY",
+            value_delimiter = ','
+        )]
+        port_deny: Vec<String>,
+        /// Let port sessions dial link-local and metadata addresses.
+        #[arg(long = "allow-link-local", env = "AIRLOCK_AGENT_ALLOW_LINK_LOCAL", value_parser = clap::builder::BoolishValueParser::new())]
+        allow_link_local: bool,
     },
 }
 
@@ -106,7 +128,21 @@ async fn main() -> Result<()> {
             shell,
             run_as,
             ca_bundle,
+            port_allow,
+            port_deny,
+            allow_link_local,
         } => {
+            let parse = |list: &[String]| -> Result<Vec<port_policy::Pattern>> {
+                list.iter()
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|p| port_policy::Pattern::parse(p).map_err(anyhow::Error::msg))
+                    .collect()
+            };
+            let port_policy = port_policy::Policy {
+                allow: parse(&port_allow)?,
+                deny: parse(&port_deny)?,
+                allow_link_local,
+            };
             let state_dir = state_dir.unwrap_or_else(state::default_state_dir);
             let reg = state::load(&state_dir)?;
             let ca_bundle = ca_bundle
@@ -127,7 +163,11 @@ async fn main() -> Result<()> {
                 tls,
                 shell,
                 run_as,
+                role: Default::default(),
+                port_policy,
+                state_dir: state_dir.clone(),
             });
+            recorder::resume_spooled(&agent);
             let root = CancellationToken::new();
             let tracker = TaskTracker::new();
             let control = control::Control::new(agent, root.clone(), tracker.clone());

@@ -2,7 +2,7 @@
 //! document's stdin/stdout mode, and smux multiplexed mode.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
 use crate::crypto::AgentCrypto;
+use crate::port_policy::Policy;
 use crate::session::{is_channel_closed, Link, Outcome};
 use crate::sysinfo;
 
@@ -36,6 +37,8 @@ pub const PORT_MAX_PAYLOAD: usize = 64 * 1024;
 const OUT_QUEUE: usize = 256;
 const STREAM_QUEUE: usize = 64;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest dial-failure reason sent to the client.
+const MAX_REASON: usize = 512;
 
 pub const FLAG_DISCONNECT_TO_PORT: u32 = 1;
 pub const FLAG_TERMINATE_SESSION: u32 = 2;
@@ -88,59 +91,52 @@ fn peer_from(resp: &HandshakeResponse) -> Peer {
     }
 }
 
-fn allow_link_local() -> bool {
-    std::env::var("AIRLOCK_AGENT_ALLOW_LINK_LOCAL").is_ok_and(|v| v == "1" || v == "true")
-}
-
-/// Addresses the agent refuses to dial: link-local / metadata / unspecified.
-pub fn forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast(),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            (s[0] == 0xfd00 && s[1] == 0x0ec2) || (s[0] & 0xffc0) == 0xfe80 || v6.is_unspecified()
-        }
-    }
-}
-
-/// Resolves and dials `host:port`, refusing forbidden addresses.
-async fn dial(host: &str, port: u16) -> Result<TcpStream> {
+/// Resolves and dials `host:port` under the agent's destination policy.
+/// Err is the reason reported to the client.
+async fn dial(policy: &Policy, host: &str, port: u16) -> Result<TcpStream, String> {
+    policy.check_name(host, port)?;
     let addrs: Vec<SocketAddr> =
-        tokio::time::timeout(DIAL_TIMEOUT, tokio::net::lookup_host((host, port)))
-            .await
-            .context("name resolution timed out")?
-            .with_context(|| format!("cannot resolve {host}"))?
-            .collect();
+        match tokio::time::timeout(DIAL_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+            Err(_) => return Err(format!("resolving {host} timed out")),
+            Ok(Err(e)) => return Err(format!("cannot resolve {host}: {e}")),
+            Ok(Ok(a)) => a.collect(),
+        };
     if addrs.is_empty() {
-        bail!("{host} has no addresses");
+        return Err(format!("{host} has no addresses"));
     }
-    if !allow_link_local() {
-        if let Some(bad) = addrs.iter().find(|a| forbidden(a.ip())) {
-            bail!(
-                "destination {host} resolves to {} which is not allowed",
-                bad.ip()
-            );
-        }
-    }
-    let mut last = None;
+    policy.check_resolved(host, port, &addrs)?;
+    let mut last = String::from("connect failed");
     for a in addrs {
         match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(a)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 return Ok(s);
             }
-            Ok(Err(e)) => last = Some(anyhow::Error::new(e).context(format!("connect {a}"))),
-            Err(_) => last = Some(anyhow::anyhow!("connect {a}: timed out")),
+            Ok(Err(e)) => last = format!("connect {a}: {e}"),
+            Err(_) => last = format!("connect {a}: timed out"),
         }
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("connect failed")))
+    Err(last)
 }
 
 fn flag_payload(flag: u32) -> Bytes {
     Bytes::copy_from_slice(&flag.to_be_bytes())
+}
+
+/// ConnectToPortError: stock peers read only the 4-byte flag; Airlock
+/// clients also get the reason as UTF-8 after it.
+fn connect_error(reason: &str, airlock_peer: bool) -> Out {
+    if !airlock_peer {
+        return Out::Flag(FLAG_CONNECT_TO_PORT_ERROR);
+    }
+    let mut b = BytesMut::with_capacity(4 + reason.len().min(MAX_REASON));
+    b.extend_from_slice(&FLAG_CONNECT_TO_PORT_ERROR.to_be_bytes());
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    b.extend_from_slice(reason.get(..end).unwrap_or("").as_bytes());
+    Out::Raw(PayloadType::Flag, b.freeze())
 }
 
 fn parse_flag(payload: &[u8]) -> Option<u32> {
@@ -151,6 +147,7 @@ fn parse_flag(payload: &[u8]) -> Option<u32> {
 enum Out {
     Output(Bytes),
     Flag(u32),
+    Raw(PayloadType, Bytes),
 }
 
 fn spawn_sender(
@@ -169,6 +166,13 @@ fn spawn_sender(
                     sender.send(PayloadType::Output, b).await?
                 }
                 Out::Flag(f) => sender.send(PayloadType::Flag, flag_payload(f)).await?,
+                Out::Raw(t, b) => {
+                    let b = match &crypto {
+                        Some(c) => c.seal(t, b)?,
+                        None => b,
+                    };
+                    sender.send(t, b).await?
+                }
             }
         }
         Ok(())
@@ -320,12 +324,16 @@ pub async fn run(
 
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let pump = spawn_sender(dc.sender(), out_rx, crypto.clone());
-    let dest = Dest {
+    let rec = crate::recorder::start(&agent, &task, "port", (0, 0)).await;
+    let dest = Arc::new(Dest {
         host,
         port,
         chunk,
+        policy: agent.port_policy.clone(),
+        airlock_peer: peer.airlock,
+        rec: rec.clone(),
         crypto,
-    };
+    });
     let result = if mux {
         run_mux(&mut dc, &link, &dest, out_tx, &cancel).await
     } else {
@@ -333,6 +341,8 @@ pub async fn run(
     };
     // The pump ends once every sender is gone; let it drain.
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, pump).await;
+    drop(dest);
+    crate::session::finish(&rec).await;
     match result {
         Ok(true) => {
             dc.close().await;
@@ -367,6 +377,9 @@ struct Dest {
     host: String,
     port: u16,
     chunk: usize,
+    policy: Policy,
+    airlock_peer: bool,
+    rec: Option<crate::recorder::Recorder>,
     /// Set when the session is KMS-encrypted (Airlock client, `kms_port`).
     crypto: Option<AgentCrypto>,
 }
@@ -389,7 +402,7 @@ enum Internal {
 async fn run_mux(
     dc: &mut DataChannel,
     link: &Link<'_>,
-    dest: &Dest,
+    dest: &Arc<Dest>,
     out_tx: mpsc::Sender<Out>,
     cancel: &CancellationToken,
 ) -> Result<bool> {
@@ -405,8 +418,11 @@ async fn run_mux(
         tokio::select! {
             _ = cancel.cancelled() => break true,
             Some(Internal::Closed(sid)) = int_rx.recv() => {
-                mux.forget(sid);
-                writers.remove(&sid);
+                // Our side is done; the peer's data keeps flowing to the
+                // local end until its FIN (half-close).
+                if mux.forget(sid) {
+                    writers.remove(&sid);
+                }
             }
             ev = dc.recv() => match ev {
                 None => bail!("data channel stopped"),
@@ -424,12 +440,12 @@ async fn run_mux(
                                     writers.insert(sid, tx);
                                     tasks.spawn(stream_task(
                                         sid,
-                                        dest.host.clone(),
-                                        dest.port,
+                                        dest.clone(),
                                         read_size,
                                         rx,
                                         out_tx.clone(),
                                         int_tx.clone(),
+                                        dest.rec.clone(),
                                     ));
                                 }
                                 MuxEvent::Data(sid, data) => {
@@ -482,40 +498,51 @@ fn fin_frame(sid: u32) -> Bytes {
     b.freeze()
 }
 
+// The recorder rides along as one more argument; bundling them would only
+// move the same list into a struct.
+#[allow(clippy::too_many_arguments)]
 async fn stream_task(
     sid: u32,
-    host: String,
-    port: u16,
+    dest: Arc<Dest>,
     read_size: usize,
     mut rx: mpsc::Receiver<Bytes>,
     out: mpsc::Sender<Out>,
     internal: mpsc::Sender<Internal>,
+    rec: Option<crate::recorder::Recorder>,
 ) {
-    let conn = match dial(&host, port).await {
+    let remote = format!("{}:{}", dest.host, dest.port);
+    let conn = match dial(&dest.policy, &dest.host, dest.port).await {
         Ok(c) => c,
         Err(e) => {
-            warn!(stream = sid, error = %format!("{e:#}"), "dial failed");
-            let _ = out.send(Out::Flag(FLAG_CONNECT_TO_PORT_ERROR)).await;
+            crate::recorder::conn_event(&rec, "error", sid, &remote, (0, 0), &e).await;
+            warn!(stream = sid, error = %e, "dial failed");
+            let _ = out.send(connect_error(&e, dest.airlock_peer)).await;
             let _ = out.send(Out::Output(fin_frame(sid))).await;
             let _ = internal.send(Internal::Closed(sid)).await;
             return;
         }
     };
     debug!(stream = sid, "stream connected");
+    crate::recorder::conn_event(&rec, "opened", sid, &remote, (0, 0), "").await;
     let (mut rd, mut wr) = conn.into_split();
     let writer = tokio::spawn(async move {
+        let mut written = 0u64;
         while let Some(b) = rx.recv().await {
             if wr.write_all(&b).await.is_err() {
-                return;
+                return written;
             }
+            written += b.len() as u64;
         }
         let _ = wr.shutdown().await;
+        written
     });
+    let mut read_total = 0u64;
     let mut buf = vec![0u8; read_size];
     loop {
         match rd.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                read_total += n as u64;
                 let mut frame = BytesMut::with_capacity(smux::HEADER_LEN + n);
                 let data = buf.get(..n).unwrap_or(&[]);
                 if smux::encode(Cmd::Psh, sid, data, &mut frame).is_err() {
@@ -531,7 +558,8 @@ async fn stream_task(
     let _ = out.send(Out::Output(fin_frame(sid))).await;
     let _ = internal.send(Internal::Closed(sid)).await;
     // The writer ends when the main loop drops its sender.
-    let _ = writer.await;
+    let written = writer.await.unwrap_or(0);
+    crate::recorder::conn_event(&rec, "closed", sid, &remote, (written, read_total), "").await;
 }
 
 /// Basic mode: one TCP connection at a time. Returns Ok(true) when cancelled.
@@ -552,8 +580,18 @@ async fn run_basic(
     let connect = |generation: u64| {
         let out_tx = out_tx.clone();
         let eof_tx = eof_tx.clone();
+        let rec = dest.rec.clone();
         async move {
-            let conn = dial(&dest.host, dest.port).await?;
+            let remote = format!("{}:{}", dest.host, dest.port);
+            let stream = generation as u32;
+            let conn = match dial(&dest.policy, &dest.host, dest.port).await {
+                Ok(c) => c,
+                Err(e) => {
+                    crate::recorder::conn_event(&rec, "error", stream, &remote, (0, 0), &e).await;
+                    return Err(e);
+                }
+            };
+            crate::recorder::conn_event(&rec, "opened", stream, &remote, (0, 0), "").await;
             let (mut rd, mut wr) = conn.into_split();
             let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
             tokio::spawn(async move {
@@ -566,10 +604,12 @@ async fn run_basic(
             });
             let reader = tokio::spawn(async move {
                 let mut buf = vec![0u8; read_size];
+                let mut read_total = 0u64;
                 loop {
                     match rd.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
+                            read_total += n as u64;
                             let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or(&[]));
                             if out_tx.send(Out::Output(data)).await.is_err() {
                                 return;
@@ -577,16 +617,18 @@ async fn run_basic(
                         }
                     }
                 }
+                crate::recorder::conn_event(&rec, "closed", stream, &remote, (0, read_total), "")
+                    .await;
                 let _ = eof_tx.send(generation).await;
             });
-            Ok::<Conn, anyhow::Error>(Conn { writer: tx, reader })
+            Ok::<Conn, String>(Conn { writer: tx, reader })
         }
     };
     let mut conn = match connect(generation).await {
         Ok(c) => Some(c),
         Err(e) => {
-            warn!(error = %format!("{e:#}"), "dial failed");
-            let _ = out_tx.send(Out::Flag(FLAG_CONNECT_TO_PORT_ERROR)).await;
+            warn!(error = %e, "dial failed");
+            let _ = out_tx.send(connect_error(&e, dest.airlock_peer)).await;
             return Ok(false);
         }
     };
@@ -609,8 +651,8 @@ async fn run_basic(
                             match connect(generation).await {
                                 Ok(c) => conn = Some(c),
                                 Err(e) => {
-                                    warn!(error = %format!("{e:#}"), "redial failed");
-                                    let _ = out_tx.send(Out::Flag(FLAG_CONNECT_TO_PORT_ERROR)).await;
+                                    warn!(error = %e, "redial failed");
+                                    let _ = out_tx.send(connect_error(&e, dest.airlock_peer)).await;
                                     continue;
                                 }
                             }
@@ -695,17 +737,17 @@ mod tests {
     }
 
     #[test]
-    fn forbidden_addresses() {
-        assert!(forbidden("169.254.169.254".parse().unwrap()));
-        assert!(forbidden("fd00:ec2::254".parse().unwrap()));
-        assert!(forbidden("::ffff:169.254.169.254".parse().unwrap()));
-        assert!(!forbidden("127.0.0.1".parse().unwrap()));
-        assert!(!forbidden("10.0.0.1".parse().unwrap()));
-    }
-
-    #[test]
     fn flags() {
         assert_eq!(parse_flag(&flag_payload(3)), Some(3));
         assert_eq!(parse_flag(&[0, 1]), None);
+        let Out::Raw(PayloadType::Flag, b) = connect_error(&"é".repeat(600), true) else {
+            panic!()
+        };
+        assert_eq!(parse_flag(&b), Some(FLAG_CONNECT_TO_PORT_ERROR));
+        assert!(b.len() <= 4 + MAX_REASON && std::str::from_utf8(&b[4..]).is_ok());
+        assert!(matches!(
+            connect_error("x", false),
+            Out::Flag(FLAG_CONNECT_TO_PORT_ERROR)
+        ));
     }
 }

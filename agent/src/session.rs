@@ -13,7 +13,7 @@ use airlock_proto::messages::{
 };
 use airlock_proto::reliable::{Config, Event};
 use airlock_proto::{MessageType, PayloadType, Role};
-use airlock_transport::datachannel::{ChannelEvent, DataChannel};
+use airlock_transport::datachannel::{ChannelEvent, DataChannel, Redial};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// After the shell exits, how long to keep draining output still in the pty
 /// (background jobs may hold it open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(1500);
-const RECONNECT_ATTEMPTS: u32 = 5;
+/// How long a dropped data channel is redialed before the session is given up.
+const RESUME_GIVE_UP: Duration = Duration::from_secs(120);
 /// Input bytes kept from before the handshake completes.
 const MAX_EARLY_INPUT: usize = 64 * 1024;
 const MAX_PAYLOAD: usize = airlock_proto::frame::STOCK_PAYLOAD_SIZE;
@@ -71,32 +72,30 @@ impl Link<'_> {
         Ok((ws, serde_json::to_string(&open)?))
     }
 
-    /// Fresh token + socket after a drop: a few attempts with short backoff.
+    /// Fresh token + socket after a drop, with jittered backoff for up to
+    /// [`RESUME_GIVE_UP`] (a gateway restart takes a while); the pty or port
+    /// streams keep running meanwhile. A 4xx answer to the token POST (the
+    /// session is over, or not ours) stops at once.
     pub(crate) async fn reconnect(&self, dc: &DataChannel) -> Result<()> {
-        let mut delay = Duration::from_millis(150);
-        let mut last = None;
-        for attempt in 1..=RECONNECT_ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            match self.open().await {
-                Ok((ws, open)) => {
-                    dc.reconnect(ws, open)
-                        .await
-                        .context("data channel reconnect")?;
-                    info!(attempt, "data channel reconnected");
-                    return Ok(());
-                }
-                Err(e) => {
+        let r = dc
+            .redial(RESUME_GIVE_UP, || async {
+                self.open().await.map_err(|e| {
                     let text = format!("{e:#}");
-                    if text.contains("Session is already terminated") {
-                        bail!("{text}");
+                    if text.contains(" answered HTTP 4") {
+                        Redial::Stop(text)
+                    } else {
+                        Redial::Retry(text)
                     }
-                    debug!(attempt, error = %text, "data channel reconnect failed");
-                    last = Some(e);
-                }
+                })
+            })
+            .await;
+        match r {
+            Ok(attempt) => {
+                info!(attempt, "data channel reconnected");
+                Ok(())
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
+            Err(e) => bail!("data channel reconnect: {e}"),
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("reconnect failed")))
     }
 }
 
@@ -268,6 +267,8 @@ pub async fn run(
     .await?;
     debug!(exit_code_ok, "handshake complete");
 
+    let size = early_size.map_or((80, 24), |s| (clamp_dim(s.cols), clamp_dim(s.rows)));
+    let rec = crate::recorder::start(&agent, &task, "shell", size).await;
     let spec = shell_spec(&agent, &task)?;
     let mut pty = Pty::spawn(&spec)?;
     if let Some(size) = early_size {
@@ -287,8 +288,13 @@ pub async fn run(
     let mut output = std::mem::replace(&mut pty.output, placeholder);
     let sender = dc.sender();
     let pump_crypto = crypto.clone();
+    let rec_out = rec.clone();
     let mut output_pump = tokio::spawn(async move {
         while let Some(chunk) = output.recv().await {
+            // Record the plaintext the user saw; seal only what leaves the host.
+            if let Some(r) = &rec_out {
+                r.output(&chunk).await;
+            }
             let chunk = match &pump_crypto {
                 Some(c) => c.seal(PayloadType::Output, chunk)?,
                 None => chunk,
@@ -305,6 +311,7 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => {
                 output_pump.abort();
+                finish(&rec).await;
                 pty.kill();
                 dc.close().await;
                 return Ok(Outcome::Cancelled);
@@ -339,6 +346,9 @@ pub async fn run(
                             },
                             None => payload,
                         };
+                        if let Some(r) = &rec {
+                            r.input(&payload).await;
+                        }
                         let open = pty.write(payload).await;
                         if !open {
                             debug!("pty input closed");
@@ -347,12 +357,19 @@ pub async fn run(
                     PayloadType::Size => {
                         if let Ok(size) = serde_json::from_slice::<TerminalSize>(&payload) {
                             pty.resize(clamp_dim(size.cols), clamp_dim(size.rows));
+                            if let Some(r) = &rec {
+                                r.resize(size.cols, size.rows).await;
+                            }
                         }
                     }
                     _ => {}
                 },
                 Some(ChannelEvent::Proto(Event::Control(frame))) => {
                     if is_channel_closed(&frame) {
+                        if !output_done {
+                            let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output_pump).await;
+                        }
+                        finish(&rec).await;
                         pty.kill();
                         dc.close().await;
                         return Ok(Outcome::Cancelled);
@@ -369,6 +386,7 @@ pub async fn run(
         }
     }
 
+    finish(&rec).await;
     let code = exit_code.unwrap_or(1);
     if exit_code_ok {
         let mut payload = Bytes::from(format_exit_code(code));
@@ -406,6 +424,12 @@ pub async fn run(
     .await;
     dc.close().await;
     Ok(Outcome::Exited(code))
+}
+
+pub(crate) async fn finish(rec: &Option<crate::recorder::Recorder>) {
+    if let Some(r) = rec {
+        r.finish().await;
+    }
 }
 
 fn clamp_dim(v: u32) -> u16 {

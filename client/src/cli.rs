@@ -57,12 +57,21 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Forward a local port to HOST:PORT reachable from the target
+    /// Forward local ports (or unix sockets) to HOST:PORT reachable from the target
+    ///
+    /// Each forward is its own session (and counts towards the gateway's
+    /// `sessions.max_per_target`); all run until Ctrl-C. On a terminal,
+    /// open connections and bytes are shown live on stderr.
     Forward {
         /// Managed node id (mi-...)
         target: String,
-        /// `[BIND:]LOCALPORT:HOST:PORT` (LOCALPORT 0 = random)
-        spec: String,
+        /// One or more of `[BIND:]LOCALPORT:HOST:PORT` (LOCALPORT 0 = random;
+        /// IPv6 in brackets) or `unix:PATH:HOST:PORT` (PATH without ':')
+        #[arg(required = true, num_args = 1..)]
+        specs: Vec<String>,
+        /// Local address for forwards that do not name one
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
         #[command(flatten)]
         conn: Conn,
     },
@@ -83,7 +92,21 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// IAM administration with the verbs and flags of `aws iam`
+    /// (`admin create-user --user-name alice`; `admin help` lists verbs)
+    #[command(disable_help_flag = true)]
+    Admin {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
     /// Behave as the AWS CLI's session-manager-plugin with these arguments
+    /// List, play, export, verify and search session recordings
+    Recordings {
+        #[command(subcommand)]
+        command: crate::recordings::RecordingsCommand,
+        #[command(flatten)]
+        conn: Conn,
+    },
     #[command(
         name = "session-manager-plugin",
         disable_help_flag = true,
@@ -106,20 +129,26 @@ pub enum SessionsCommand {
     Terminate { session_id: String },
 }
 
-/// A parsed `[BIND:]LOCALPORT:HOST:PORT` forward.
+/// Where a forward listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
+    Tcp { bind: String, port: u16 },
+    Unix(std::path::PathBuf),
+}
+
+/// A parsed `[BIND:]LOCALPORT:HOST:PORT` or `unix:PATH:HOST:PORT` forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardSpec {
-    pub bind: String,
-    pub local_port: u16,
+    pub local: Local,
     pub host: String,
     pub port: u16,
 }
 
-pub fn parse_forward(spec: &str) -> Result<ForwardSpec, String> {
+pub fn parse_forward(spec: &str, default_bind: &str) -> Result<ForwardSpec, String> {
     // An IPv6 bind/host may be bracketed: [::1]:8080:db:5432.
     let mut parts: Vec<String> = Vec::new();
     let mut cur = String::new();
-    let mut depth = 0;
+    let mut depth = 0i32;
     for c in spec.chars() {
         match c {
             '[' => depth += 1,
@@ -139,17 +168,40 @@ pub fn parse_forward(spec: &str) -> Result<ForwardSpec, String> {
         s.parse::<u16>()
             .map_err(|_| format!("invalid port {s:?} in {spec:?}"))
     };
-    let (bind, lp, host, rp) = match parts.as_slice() {
-        [lp, host, rp] => ("127.0.0.1".to_string(), lp, host, rp),
-        [b, lp, host, rp] => (b.clone(), lp, host, rp),
-        _ => return Err(format!("expected [BIND:]LOCALPORT:HOST:PORT, got {spec:?}")),
+    let (local, host, rp) = match parts.as_slice() {
+        [unix, path, host, rp] if unix == "unix" => {
+            if path.is_empty() {
+                return Err(format!("empty unix socket path in {spec:?}"));
+            }
+            (Local::Unix(path.into()), host, rp)
+        }
+        [lp, host, rp] => (
+            Local::Tcp {
+                bind: default_bind.to_string(),
+                port: port(lp)?,
+            },
+            host,
+            rp,
+        ),
+        [b, lp, host, rp] => (
+            Local::Tcp {
+                bind: b.clone(),
+                port: port(lp)?,
+            },
+            host,
+            rp,
+        ),
+        _ => {
+            return Err(format!(
+                "expected [BIND:]LOCALPORT:HOST:PORT or unix:PATH:HOST:PORT, got {spec:?}"
+            ))
+        }
     };
     if host.is_empty() {
         return Err(format!("empty host in {spec:?}"));
     }
     Ok(ForwardSpec {
-        bind,
-        local_port: port(lp)?,
+        local,
         host: host.clone(),
         port: port(rp)?,
     })
@@ -162,18 +214,49 @@ mod tests {
     #[test]
     fn forward_specs() {
         assert_eq!(
-            parse_forward("15432:db.internal:5432").unwrap(),
+            parse_forward("15432:db.internal:5432", "127.0.0.1").unwrap(),
             ForwardSpec {
-                bind: "127.0.0.1".into(),
-                local_port: 15432,
+                local: Local::Tcp {
+                    bind: "127.0.0.1".into(),
+                    port: 15432
+                },
                 host: "db.internal".into(),
                 port: 5432
             }
         );
-        assert_eq!(parse_forward("0.0.0.0:0:h:1").unwrap().bind, "0.0.0.0");
-        assert_eq!(parse_forward("[::1]:1:h:2").unwrap().bind, "::1");
-        assert!(parse_forward("1:h").is_err());
-        assert!(parse_forward("x:h:1").is_err());
+        let bind = |s: &str| match parse_forward(s, "10.0.0.1").unwrap().local {
+            Local::Tcp { bind, .. } => bind,
+            Local::Unix(_) => panic!(),
+        };
+        assert_eq!(bind("0.0.0.0:0:h:1"), "0.0.0.0");
+        assert_eq!(bind("[::1]:1:h:2"), "::1");
+        assert_eq!(bind("1:h:2"), "10.0.0.1");
+        assert_eq!(
+            parse_forward("unix:/tmp/pg.sock:[::1]:5432", "x").unwrap(),
+            ForwardSpec {
+                local: Local::Unix("/tmp/pg.sock".into()),
+                host: "::1".into(),
+                port: 5432
+            }
+        );
+        assert!(parse_forward("unix::h:1", "x").is_err());
+        assert!(parse_forward("1:h", "x").is_err());
+        assert!(parse_forward("x:h:1", "x").is_err());
+        let cli = Cli::try_parse_from([
+            "airlock",
+            "forward",
+            "mi-1",
+            "1:a:2",
+            "unix:/s:b:3",
+            "--bind",
+            "::",
+        ])
+        .unwrap();
+        let Command::Forward { specs, bind, .. } = cli.command else {
+            panic!()
+        };
+        assert_eq!((specs.len(), bind.as_str()), (2, "::"));
+        assert!(Cli::try_parse_from(["airlock", "forward", "mi-1"]).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`session`]: the data-channel session runner; [`handshake`]: its answers.
 //! - [`terminal`]: raw mode, size, stdin pump. [`error`]: errors and exit codes.
 
+pub mod admin;
 pub mod cli;
 pub mod commands;
 pub mod crypto;
@@ -14,6 +15,7 @@ pub mod handshake;
 pub mod params;
 pub mod plugin;
 pub mod port;
+pub mod recordings;
 pub mod session;
 pub mod terminal;
 
@@ -101,35 +103,32 @@ pub fn main_entry() -> i32 {
                 reason,
             };
             if port::is_port_document(args.document_name.as_deref()) {
-                let popts = port::PortOptions { bind, stdio: false };
+                let popts = port::PortOptions {
+                    bind,
+                    stdio: false,
+                    unix: None,
+                    label: String::new(),
+                };
                 return run_async(async move {
                     commands::start_port_session(&conn_opts(&conn), &args, popts).await
                 });
             }
             run_async(async move { commands::start_session(&conn_opts(&conn), &args).await })
         }
-        cli::Command::Forward { target, spec, conn } => {
-            let f = match cli::parse_forward(&spec) {
-                Ok(f) => f,
-                Err(e) => return report(&ClientError::Usage(e)),
-            };
-            let mut parameters = params::Parameters::new();
-            parameters.insert("host".into(), vec![f.host.clone()]);
-            parameters.insert("portNumber".into(), vec![f.port.to_string()]);
-            parameters.insert("localPortNumber".into(), vec![f.local_port.to_string()]);
-            let args = commands::StartArgs {
-                target,
-                document_name: Some("AWS-StartPortForwardingSessionToRemoteHost".into()),
-                parameters: Some(parameters),
-                reason: None,
-            };
-            let popts = port::PortOptions {
-                bind: f.bind,
-                stdio: false,
-            };
-            run_async(
-                async move { commands::start_port_session(&conn_opts(&conn), &args, popts).await },
-            )
+        cli::Command::Forward {
+            target,
+            specs,
+            bind,
+            conn,
+        } => {
+            let mut forwards = Vec::new();
+            for spec in &specs {
+                match cli::parse_forward(spec, &bind) {
+                    Ok(f) => forwards.push((spec.clone(), f)),
+                    Err(e) => return report(&ClientError::Usage(e)),
+                }
+            }
+            run_async(forward_all(conn_opts(&conn), target, forwards))
         }
         cli::Command::SshProxy {
             target,
@@ -147,10 +146,17 @@ pub fn main_entry() -> i32 {
             let popts = port::PortOptions {
                 bind: String::new(),
                 stdio: true,
+                unix: None,
+                label: String::new(),
             };
             run_async(
                 async move { commands::start_port_session(&conn_opts(&conn), &args, popts).await },
             )
+        }
+        cli::Command::Admin { args } => run_async(async move { admin::run(&args).await }),
+        cli::Command::Recordings { command, conn } => {
+            let opts = conn_opts(&conn);
+            run_async(async move { recordings::run(&opts, command).await })
         }
         cli::Command::Sessions { command, conn } => {
             let opts = conn_opts(&conn);
@@ -166,6 +172,56 @@ pub fn main_entry() -> i32 {
             })
         }
     }
+}
+
+/// One port session per forward, concurrently; each listens and prints its
+/// own "Port N opened" line. Ctrl-C reaches every session (each has its own
+/// SIGINT listener). The first failure stops the others.
+async fn forward_all(
+    opts: commands::ConnOpts,
+    target: String,
+    forwards: Vec<(String, cli::ForwardSpec)>,
+) -> Result<i32, ClientError> {
+    let mut set = tokio::task::JoinSet::new();
+    for (label, f) in forwards {
+        let mut parameters = params::Parameters::new();
+        parameters.insert("host".into(), vec![f.host.clone()]);
+        parameters.insert("portNumber".into(), vec![f.port.to_string()]);
+        let (bind, unix, local_port) = match f.local {
+            cli::Local::Tcp { bind, port } => (bind, None, port),
+            cli::Local::Unix(path) => (String::new(), Some(path), 0),
+        };
+        parameters.insert("localPortNumber".into(), vec![local_port.to_string()]);
+        let args = commands::StartArgs {
+            target: target.clone(),
+            document_name: Some("AWS-StartPortForwardingSessionToRemoteHost".into()),
+            parameters: Some(parameters),
+            reason: None,
+        };
+        let popts = port::PortOptions {
+            bind,
+            stdio: false,
+            unix,
+            label,
+        };
+        let opts = opts.clone();
+        set.spawn(async move { commands::start_port_session(&opts, &args, popts).await });
+    }
+    let mut status = 0;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(code)) => status = status.max(code),
+            Ok(Err(e)) => {
+                set.abort_all();
+                return Err(e);
+            }
+            Err(e) => {
+                set.abort_all();
+                return Err(ClientError::Transport(format!("forward task failed: {e}")));
+            }
+        }
+    }
+    Ok(status)
 }
 
 fn conn_opts(c: &cli::Conn) -> commands::ConnOpts {
@@ -231,6 +287,15 @@ async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
             }
         }
     };
+    if port::is_port_document(start.document_name.as_deref()) {
+        let popts = port::PortOptions {
+            bind: "127.0.0.1".into(),
+            stdio: false,
+            unix: None,
+            label: String::new(),
+        };
+        return port::run(start.session, tls, popts, api, start.target.clone()).await;
+    }
     SessionRunner {
         info: start.session,
         tls,

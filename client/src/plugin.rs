@@ -36,6 +36,9 @@ pub struct PluginStart {
     pub profile: Option<String>,
     /// `Target` from the request parameters; None in legacy mode.
     pub target: Option<String>,
+    /// `DocumentName` from the request parameters (port documents take the
+    /// port-session path).
+    pub document_name: Option<String>,
     pub endpoint: Option<String>,
     pub legacy: bool,
 }
@@ -100,6 +103,10 @@ pub fn parse_plugin_args(
     };
     let legacy = rest.len() == 3;
     let profile = rest.get(3).filter(|p| !p.is_empty()).cloned();
+    let document_name = rest
+        .get(4)
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .and_then(|v| v.get("DocumentName")?.as_str().map(String::from));
     let target = match rest.get(4) {
         None => None,
         Some(params) => {
@@ -126,6 +133,7 @@ pub fn parse_plugin_args(
         region: region.clone(),
         profile,
         target,
+        document_name,
         endpoint,
         legacy,
     }))
@@ -186,6 +194,7 @@ mod tests {
         assert_eq!(s.region, "us-east-1");
         assert_eq!(s.profile, None);
         assert_eq!(s.target.as_deref(), Some("mi-0123456789abcdef0"));
+        assert_eq!(s.document_name, None);
         assert_eq!(s.endpoint.as_deref(), Some("https://127.0.0.1:8443"));
         assert!(!s.legacy);
     }

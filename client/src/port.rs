@@ -3,7 +3,9 @@
 //! (basic), or stdin/stdout (the SSH document, `airlock ssh-proxy`).
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use airlock_transport::datachannel::{ChannelEvent, DataChannel, DataSender};
 use airlock_transport::ws;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 
 use crate::crypto::{ClientCrypto, KmsEnv, KmsOutcome};
@@ -57,6 +59,158 @@ pub struct PortOptions {
     pub bind: String,
     /// Force stdin/stdout mode (ssh-proxy).
     pub stdio: bool,
+    /// Listen on this unix socket instead of TCP (overrides the document's
+    /// localPortNumber; the document's `localConnectionType=unix` +
+    /// `localUnixSocket` properties do the same).
+    pub unix: Option<PathBuf>,
+    /// Shown before the live counters on a TTY (e.g. the forward spec).
+    pub label: String,
+}
+
+/// Live counters for the status line.
+#[derive(Default)]
+struct Counters {
+    open: AtomicU64,
+    total: AtomicU64,
+    /// Bytes from local connections towards the destination.
+    sent: AtomicU64,
+    /// Bytes from the destination to local connections.
+    received: AtomicU64,
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl Counters {
+    fn line(&self, label: &str) -> String {
+        format!(
+            "{label}: {} open, {} total, {} sent, {} received",
+            self.open.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+            human(self.sent.load(Ordering::Relaxed)),
+            human(self.received.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// Redraws the counters once a second, only when stderr is a terminal (so
+/// logs and pipes never see control sequences).
+fn spawn_status(counters: Arc<Counters>, label: String) -> Option<tokio::task::JoinHandle<()>> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last = String::new();
+        loop {
+            tick.tick().await;
+            let line = counters.line(&label);
+            if line != last {
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r\x1b[K{line}");
+                let _ = err.flush();
+                last = line;
+            }
+        }
+    }))
+}
+
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The local end: a TCP port or a unix socket (removed again on drop).
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<(BoxRead, BoxWrite, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (conn, peer) = l.accept().await?;
+                let _ = conn.set_nodelay(true);
+                let (rd, wr) = conn.into_split();
+                Ok((Box::new(rd), Box::new(wr), peer.to_string()))
+            }
+            Listener::Unix(l, path) => {
+                let (conn, _) = l.accept().await?;
+                let (rd, wr) = conn.into_split();
+                Ok((Box::new(rd), Box::new(wr), path.display().to_string()))
+            }
+        }
+    }
+}
+
+/// Where the document or the options say to listen.
+fn unix_path(opts: &PortOptions, properties: &serde_json::Value) -> Option<PathBuf> {
+    if let Some(p) = &opts.unix {
+        return Some(p.clone());
+    }
+    let prop = |k: &str| properties.get(k).and_then(|v| v.as_str());
+    if prop("localConnectionType") == Some("unix") {
+        return prop("localUnixSocket")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+    }
+    None
+}
+
+async fn listen(
+    opts: &PortOptions,
+    properties: &serde_json::Value,
+    session_id: &str,
+) -> Result<Listener, ClientError> {
+    if let Some(path) = unix_path(opts, properties) {
+        // A stale socket from an earlier run would make bind fail; only a
+        // socket is removed, never a regular file.
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_socket() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        let l = UnixListener::bind(&path)
+            .map_err(|e| ClientError::Usage(format!("cannot listen on {}: {e}", path.display())))?;
+        say(&format!(
+            "Unix socket {} opened for sessionId {session_id}.\nWaiting for connections...\n",
+            path.display()
+        ));
+        return Ok(Listener::Unix(l, path));
+    }
+    let local = properties
+        .get("localPortNumber")
+        .and_then(|p| p.as_str())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(0);
+    let listener = TcpListener::bind((opts.bind.as_str(), local))
+        .await
+        .map_err(|e| ClientError::Usage(format!("cannot listen on {}:{local}: {e}", opts.bind)))?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(local);
+    say(&format!(
+        "Port {port} opened for sessionId {session_id}.\nWaiting for connections...\n"
+    ));
+    Ok(Listener::Tcp(listener))
 }
 
 fn parse_version(v: &str) -> Option<Vec<u64>> {
@@ -291,13 +445,22 @@ async fn finish_kms(
 }
 
 /// Runs a port session to its end; returns the exit status (0 on normal ends).
+/// `api` (for ResumeSession) lets the session survive network drops and
+/// gateway restarts; without it a drop ends the session. `api` and `target`
+/// also serve GenerateDataKey when an Airlock agent encrypts the session.
 pub async fn run(
     info: SessionInfo,
     tls: Arc<rustls::ClientConfig>,
     opts: PortOptions,
-    kms: KmsEnv,
+    api: Option<airlock_transport::api::ApiClient>,
+    target: Option<String>,
 ) -> Result<i32, ClientError> {
-    let ws = ws::connect(&info.stream_url, tls)
+    let kms = KmsEnv {
+        api: api.clone(),
+        session_id: info.session_id.clone(),
+        target,
+    };
+    let ws = ws::connect(&info.stream_url, tls.clone())
         .await
         .map_err(|e| ClientError::Transport(e.to_string()))?;
     let mut dc = DataChannel::spawn(
@@ -306,6 +469,12 @@ pub async fn run(
         Role::Client,
         Config::default(),
     );
+    if let Some(api) = api {
+        dc.set_redial(
+            crate::session::RESUME_GIVE_UP,
+            crate::session::resume_dialer(info.clone(), tls, api),
+        );
+    }
     // Registered before "Port N opened" is printed, so a Ctrl-C right after
     // the ready line is never lost to the default handler.
     let interrupted = Arc::new(tokio::sync::Notify::new());
@@ -325,27 +494,40 @@ pub async fn run(
     let result = match neg.mode {
         Mode::Stdio => run_stdio(&mut dc, &neg, out_tx.clone(), &interrupted).await,
         Mode::Multiplexed | Mode::Basic => {
-            let local = neg
-                .properties
-                .get("localPortNumber")
-                .and_then(|p| p.as_str())
-                .and_then(|p| p.parse::<u16>().ok())
-                .unwrap_or(0);
-            let listener = TcpListener::bind((opts.bind.as_str(), local))
-                .await
-                .map_err(|e| {
-                    ClientError::Usage(format!("cannot listen on {}:{local}: {e}", opts.bind))
-                })?;
-            let port = listener.local_addr().map(|a| a.port()).unwrap_or(local);
-            say(&format!(
-                "Port {port} opened for sessionId {}.\nWaiting for connections...\n",
-                info.session_id
-            ));
-            if neg.mode == Mode::Multiplexed {
-                run_mux(&mut dc, &neg, listener, out_tx.clone(), &interrupted).await
+            let listener = listen(&opts, &neg.properties, &info.session_id).await?;
+            let counters = Arc::new(Counters::default());
+            let label = if opts.label.is_empty() {
+                info.session_id.clone()
             } else {
-                run_basic(&mut dc, &neg, listener, out_tx.clone(), &interrupted).await
+                opts.label.clone()
+            };
+            let status = spawn_status(counters.clone(), label);
+            let r = if neg.mode == Mode::Multiplexed {
+                run_mux(
+                    &mut dc,
+                    &neg,
+                    listener,
+                    out_tx.clone(),
+                    &interrupted,
+                    &counters,
+                )
+                .await
+            } else {
+                run_basic(
+                    &mut dc,
+                    &neg,
+                    listener,
+                    out_tx.clone(),
+                    &interrupted,
+                    &counters,
+                )
+                .await
+            };
+            if let Some(s) = status {
+                s.abort();
+                eprintln!();
             }
+            r
         }
     };
     if let Ok(End::Interrupted) = result {
@@ -389,6 +571,24 @@ fn closed_message(frame: &airlock_proto::Frame) -> String {
     }
 }
 
+/// The stock message, plus the agent's reason when an Airlock agent sent
+/// one after the 4-byte flag (control characters dropped: peer bytes).
+pub fn connect_error_line(payload: &[u8]) -> String {
+    let reason: String = payload
+        .get(4..)
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(512)
+        .collect();
+    if reason.is_empty() {
+        CONNECT_ERROR_MESSAGE.to_string()
+    } else {
+        format!("{CONNECT_ERROR_MESSAGE} Reason: {reason}")
+    }
+}
+
 /// What the main loops do with data-channel events common to every mode.
 enum Common {
     Data(PayloadType, Bytes),
@@ -408,7 +608,7 @@ fn common(ev: Option<ChannelEvent>, neg: &Negotiated) -> Common {
             if payload_type == PayloadType::Flag
                 && parse_flag(&payload) == Some(FLAG_CONNECT_TO_PORT_ERROR)
             {
-                say(&format!("{CONNECT_ERROR_MESSAGE}\n"));
+                say(&format!("{}\n", connect_error_line(&payload)));
                 return Common::Nothing;
             }
             match &neg.crypto {
@@ -437,6 +637,7 @@ async fn pump_reader<R: AsyncRead + Unpin>(
     mut rd: R,
     read_size: usize,
     out: &mpsc::Sender<Out>,
+    counter: Option<&AtomicU64>,
     wrap: impl Fn(&[u8]) -> Option<Bytes>,
 ) -> bool {
     let mut buf = vec![0u8; read_size];
@@ -444,6 +645,9 @@ async fn pump_reader<R: AsyncRead + Unpin>(
         match rd.read(&mut buf).await {
             Ok(0) | Err(_) => return true,
             Ok(n) => {
+                if let Some(c) = counter {
+                    c.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 let Some(b) = wrap(buf.get(..n).unwrap_or(&[])) else {
                     return true;
                 };
@@ -455,11 +659,18 @@ async fn pump_reader<R: AsyncRead + Unpin>(
     }
 }
 
-fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {
+fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Bytes>,
+    counters: Option<Arc<Counters>>,
+) {
     tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
             if wr.write_all(&b).await.is_err() {
                 return;
+            }
+            if let Some(c) = &counters {
+                c.received.fetch_add(b.len() as u64, Ordering::Relaxed);
             }
             let _ = wr.flush().await;
         }
@@ -476,9 +687,10 @@ fn frame(cmd: Cmd, sid: u32, data: &[u8]) -> Option<Bytes> {
 async fn run_mux(
     dc: &mut DataChannel,
     neg: &Negotiated,
-    listener: TcpListener,
+    listener: Listener,
     out: mpsc::Sender<Out>,
     interrupted: &tokio::sync::Notify,
+    counters: &Arc<Counters>,
 ) -> Result<End, ClientError> {
     let mut mux = Mux::new(MuxRole::Client);
     let mut writers: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
@@ -491,11 +703,10 @@ async fn run_mux(
         tokio::select! {
             _ = interrupted.notified() => return Ok(End::Interrupted),
             accepted = listener.accept() => {
-                let (conn, peer) = match accepted {
+                let (rd, wr, peer) = match accepted {
                     Ok(c) => c,
                     Err(e) => { tracing::debug!("accept: {e}"); continue; }
                 };
-                let _ = conn.set_nodelay(true);
                 let sid = match mux.open() {
                     Ok(s) => s,
                     Err(e) => { tracing::warn!("refusing {peer}: {e}"); continue; }
@@ -505,24 +716,31 @@ async fn run_mux(
                     return Err(ClientError::Transport("data channel stopped".into()));
                 }
                 tracing::debug!(stream = sid, %peer, "new connection");
-                let (rd, wr) = conn.into_split();
+                counters.open.fetch_add(1, Ordering::Relaxed);
+                counters.total.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel(STREAM_QUEUE);
                 writers.insert(sid, tx);
-                spawn_writer(wr, rx);
+                spawn_writer(wr, rx, Some(counters.clone()));
                 let out = out.clone();
                 let closed = closed_tx.clone();
+                let counters = counters.clone();
                 tokio::spawn(async move {
-                    if pump_reader(rd, read_size, &out, |d| frame(Cmd::Psh, sid, d)).await {
+                    let sent = Some(&counters.sent);
+                    if pump_reader(rd, read_size, &out, sent, |d| frame(Cmd::Psh, sid, d)).await {
                         if let Some(f) = frame(Cmd::Fin, sid, &[]) {
                             let _ = out.send(Out::Data(f)).await;
                         }
                     }
+                    counters.open.fetch_sub(1, Ordering::Relaxed);
                     let _ = closed.send(sid).await;
                 });
             }
             Some(sid) = closed_rx.recv() => {
-                mux.forget(sid);
-                writers.remove(&sid);
+                // Our side is done; the peer's data keeps flowing to the
+                // local end until its FIN (half-close).
+                if mux.forget(sid) {
+                    writers.remove(&sid);
+                }
             }
             ev = dc.recv() => match common(ev, neg) {
                 Common::End(r) => return r,
@@ -556,9 +774,10 @@ async fn run_mux(
 async fn run_basic(
     dc: &mut DataChannel,
     neg: &Negotiated,
-    listener: TcpListener,
+    listener: Listener,
     out: mpsc::Sender<Out>,
     interrupted: &tokio::sync::Notify,
+    counters: &Arc<Counters>,
 ) -> Result<End, ClientError> {
     let (closed_tx, mut closed_rx) = mpsc::channel::<u64>(4);
     let mut writer: Option<mpsc::Sender<Bytes>> = None;
@@ -568,17 +787,21 @@ async fn run_basic(
         tokio::select! {
             _ = interrupted.notified() => return Ok(End::Interrupted),
             accepted = listener.accept(), if writer.is_none() => {
-                let Ok((conn, _)) = accepted else { continue };
+                let Ok((rd, wr, _)) = accepted else { continue };
                 generation += 1;
-                let (rd, wr) = conn.into_split();
+                counters.open.fetch_add(1, Ordering::Relaxed);
+                counters.total.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel(STREAM_QUEUE);
                 writer = Some(tx);
-                spawn_writer(wr, rx);
+                spawn_writer(wr, rx, Some(counters.clone()));
                 let out = out.clone();
                 let closed = closed_tx.clone();
                 let g = generation;
+                let counters = counters.clone();
                 tokio::spawn(async move {
-                    pump_reader(rd, read_size, &out, |d| Some(Bytes::copy_from_slice(d))).await;
+                    let sent = Some(&counters.sent);
+                    pump_reader(rd, read_size, &out, sent, |d| Some(Bytes::copy_from_slice(d))).await;
+                    counters.open.fetch_sub(1, Ordering::Relaxed);
                     let _ = closed.send(g).await;
                 });
             }
@@ -612,12 +835,12 @@ async fn run_stdio(
     interrupted: &tokio::sync::Notify,
 ) -> Result<End, ClientError> {
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    spawn_writer(tokio::io::stdout(), rx);
+    spawn_writer(tokio::io::stdout(), rx, None);
     let read_size = neg.chunk;
     let (eof_tx, mut eof_rx) = mpsc::channel::<()>(1);
     let stdin_out = out.clone();
     tokio::spawn(async move {
-        pump_reader(tokio::io::stdin(), read_size, &stdin_out, |d| {
+        pump_reader(tokio::io::stdin(), read_size, &stdin_out, None, |d| {
             Some(Bytes::copy_from_slice(d))
         })
         .await;
@@ -706,5 +929,32 @@ mod tests {
             Mode::Stdio
         );
         assert!(!agent_supports_mux("bogus"));
+    }
+
+    #[test]
+    fn connect_error_reason() {
+        assert_eq!(connect_error_line(&[0, 0, 0, 3]), CONNECT_ERROR_MESSAGE);
+        let mut p = vec![0, 0, 0, 3];
+        p.extend_from_slice(b"denied\x1b[2J by policy");
+        let line = connect_error_line(&p);
+        assert!(line.ends_with("Reason: denied[2J by policy"), "{line}");
+    }
+
+    #[test]
+    fn unix_socket_from_document_or_options() {
+        let opts = PortOptions {
+            bind: "127.0.0.1".into(),
+            stdio: false,
+            unix: None,
+            label: String::new(),
+        };
+        let props = serde_json::json!({"localConnectionType": "unix", "localUnixSocket": "/tmp/s"});
+        assert_eq!(unix_path(&opts, &props), Some(PathBuf::from("/tmp/s")));
+        assert_eq!(
+            unix_path(&opts, &serde_json::json!({"localUnixSocket": "/tmp/s"})),
+            None
+        );
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(12), "12 B");
     }
 }

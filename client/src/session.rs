@@ -11,7 +11,7 @@ use airlock_proto::messages::{parse_exit_code, ChannelClosed, OpenDataChannel, T
 use airlock_proto::reliable::{Config, Event};
 use airlock_proto::{MessageType, PayloadType, Role};
 use airlock_transport::api::{ApiClient, CallError};
-use airlock_transport::datachannel::{ChannelEvent, DataChannel};
+use airlock_transport::datachannel::{ChannelEvent, DataChannel, Disconnect, Redial, RedialError};
 use airlock_transport::ws;
 use bytes::Bytes;
 use serde_json::json;
@@ -90,11 +90,104 @@ fn write_stdout(payload: &[u8]) -> std::io::Result<()> {
     out.flush()
 }
 
-enum Reconnect {
+#[derive(Debug)]
+pub enum Reconnect {
     Done,
     /// ResumeSession gave no token: the session is over.
     TimedOut,
     Failed(String),
+}
+
+/// How long a client keeps trying to get back into a session after a drop.
+/// Matches the gateway's default resume window; ResumeSession answering
+/// without a token ends the attempt sooner.
+pub const RESUME_GIVE_UP: Duration = Duration::from_secs(120);
+
+/// Puts a client data channel back on the wire after a network drop (spec
+/// §3.3): ResumeSession for a fresh token, then the original StreamUrl
+/// again, with jittered exponential backoff until [`RESUME_GIVE_UP`]. The
+/// data channel resends whatever was unacked; the receive side drops what
+/// it already has, so output stays complete and in order.
+pub struct Resumer<'a> {
+    pub info: &'a SessionInfo,
+    pub tls: &'a Arc<rustls::ClientConfig>,
+    /// None without credentials: the original (single-use) token is tried.
+    pub api: Option<&'a ApiClient>,
+}
+
+/// One resume attempt: ResumeSession for a fresh token, then a websocket to
+/// the original StreamUrl and the open message to send on it.
+async fn resume_once(
+    info: &SessionInfo,
+    tls: &Arc<rustls::ClientConfig>,
+    api: Option<&ApiClient>,
+) -> Result<(ws::WsStream, String), Redial<Reconnect>> {
+    let token = match api {
+        Some(api) => match api
+            .ssm("ResumeSession", &json!({"SessionId": info.session_id}))
+            .await
+        {
+            Ok(v) => match v.get("TokenValue").and_then(|t| t.as_str()) {
+                Some(t) if !t.is_empty() => t.to_string(),
+                _ => return Err(Redial::Stop(Reconnect::TimedOut)),
+            },
+            // A gateway restarting or overloaded: try again.
+            Err(CallError::Api(e)) if e.status >= 500 => return Err(Redial::Retry(e.to_string())),
+            Err(CallError::Api(e)) => return Err(Redial::Stop(Reconnect::Failed(e.to_string()))),
+            Err(e) => return Err(Redial::Retry(e.to_string())),
+        },
+        None => info.token_value.clone(),
+    };
+    // The original StreamUrl is reused; the new one is ignored (stock behaviour).
+    let ws = ws::connect(&info.stream_url, tls.clone())
+        .await
+        .map_err(|e| Redial::Retry(e.to_string()))?;
+    Ok((ws, open_message(&token)))
+}
+
+/// A redial strategy for [`DataChannel::set_redial`] (port sessions, whose
+/// loops only need to know when resuming failed for good).
+pub fn resume_dialer(
+    info: SessionInfo,
+    tls: Arc<rustls::ClientConfig>,
+    api: ApiClient,
+) -> airlock_transport::datachannel::Dialer {
+    Box::new(move || {
+        let (info, tls, api) = (info.clone(), tls.clone(), api.clone());
+        Box::pin(async move {
+            resume_once(&info, &tls, Some(&api))
+                .await
+                .map_err(|e| match e {
+                    Redial::Retry(m) => Redial::Retry(m),
+                    Redial::Stop(Reconnect::TimedOut) => {
+                        Redial::Stop(format!("Session: {} timed out.", info.session_id))
+                    }
+                    Redial::Stop(other) => Redial::Stop(format!("{other:?}")),
+                })
+        })
+    })
+}
+
+impl Resumer<'_> {
+    pub async fn resume(&self, dc: &DataChannel, why: &Disconnect) -> Reconnect {
+        // Without credentials the only token we have was refused already.
+        if self.api.is_none() && matches!(why, Disconnect::Closed(1008, _)) {
+            return Reconnect::Failed(format!("the gateway refused the session token: {why:?}"));
+        }
+        let r = dc
+            .redial(RESUME_GIVE_UP, || {
+                resume_once(self.info, self.tls, self.api)
+            })
+            .await;
+        match r {
+            Ok(attempts) => {
+                tracing::info!(attempts, "data channel resumed");
+                Reconnect::Done
+            }
+            Err(RedialError::Stopped(r)) => r,
+            Err(e) => Reconnect::Failed(e.to_string()),
+        }
+    }
 }
 
 impl SessionRunner {
@@ -115,41 +208,12 @@ impl SessionRunner {
         Err(ClientError::Transport(last))
     }
 
-    async fn reconnect(&self, dc: &DataChannel) -> Reconnect {
-        let mut last = String::from("no attempt made");
-        for attempt in 0..MAX_RETRIES {
-            tokio::time::sleep(backoff(attempt)).await;
-            let token = match &self.api {
-                Some(api) => match api
-                    .ssm("ResumeSession", &json!({"SessionId": self.info.session_id}))
-                    .await
-                {
-                    Ok(v) => match v.get("TokenValue").and_then(|t| t.as_str()) {
-                        Some(t) if !t.is_empty() => t.to_string(),
-                        _ => return Reconnect::TimedOut,
-                    },
-                    Err(CallError::Api(e)) => return Reconnect::Failed(e.to_string()),
-                    Err(e) => {
-                        last = e.to_string();
-                        continue;
-                    }
-                },
-                None => self.info.token_value.clone(),
-            };
-            // The original StreamUrl is reused; the new one is ignored (stock behaviour).
-            let ws = match ws::connect(&self.info.stream_url, self.tls.clone()).await {
-                Ok(ws) => ws,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            match dc.reconnect(ws, open_message(&token)).await {
-                Ok(()) => return Reconnect::Done,
-                Err(e) => last = e.to_string(),
-            }
+    fn resumer(&self) -> Resumer<'_> {
+        Resumer {
+            info: &self.info,
+            tls: &self.tls,
+            api: self.api.as_ref(),
         }
-        Reconnect::Failed(last)
     }
 
     /// Runs the session to its end and returns the process exit status.
@@ -350,7 +414,7 @@ impl SessionRunner {
                     }
                     Some(ChannelEvent::Disconnected(why)) => {
                         tracing::debug!("data channel disconnected: {why:?}");
-                        match self.reconnect(&dc).await {
+                        match self.resumer().resume(&dc, &why).await {
                             Reconnect::Done => {}
                             Reconnect::TimedOut => break Ok((0, Some(format!("\n\nSession: {id} timed out.\n\n")))),
                             Reconnect::Failed(reason) => {

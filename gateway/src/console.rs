@@ -27,7 +27,9 @@ pub const BUILT: bool = assets::BUILT;
 /// at run time and the page tags them with this nonce (see client/web
 /// src/nonce.js); no other inline style and no inline script runs.
 /// `style-src-attr 'unsafe-inline'` lets the terminal size its own elements.
-const CSP_TEMPLATE: &str = "default-src 'none'; script-src 'self'; \
+/// `'wasm-unsafe-eval'` lets the recording player compile its bundled
+/// WebAssembly terminal; it does not allow JavaScript `eval`.
+const CSP_TEMPLATE: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; \
 style-src 'self' 'nonce-{NONCE}'; style-src-attr 'unsafe-inline'; img-src 'self' data:; \
 font-src 'self' data:; connect-src 'self'; worker-src 'self'; manifest-src 'self'; \
 frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
@@ -182,9 +184,9 @@ mod tests {
     fn csp_is_strict() {
         let p = csp("abc");
         assert!(p.contains("frame-ancestors 'none'"));
-        assert!(p.contains("script-src 'self';"));
+        assert!(p.contains("script-src 'self' 'wasm-unsafe-eval';"));
         assert!(p.contains("style-src 'self' 'nonce-abc';"));
-        assert!(!p.contains("unsafe-eval"));
+        assert!(!p.contains("'unsafe-eval'"));
         // Inline style *attributes* only; never inline scripts or <style>.
         assert_eq!(p.matches("unsafe-inline").count(), 1);
         assert!(p.contains("style-src-attr 'unsafe-inline'"));

@@ -60,6 +60,39 @@ impl Kms {
     }
 }
 
+impl Kms {
+    /// Creates a key named by `alias` (`alias/...`) unless the alias exists. Used at startup for keys the
+    /// gateway's own features default to.
+    pub async fn ensure_alias_key(&self, alias: &str, description: &str) -> Result<(), ApiError> {
+        if self.store.get_alias(alias).await?.is_some() {
+            return Ok(());
+        }
+        let key = self
+            .ring
+            .create_key(&self.rng, description, now_secs())
+            .map_err(kerr)?;
+        let key_id = key.key_id();
+        self.store
+            .insert_key(KeyRow {
+                key,
+                rotation_period_days: DEFAULT_ROTATION_DAYS,
+            })
+            .await?;
+        let now = now_secs();
+        // Losing a race with another gateway on the same DB is fine: the
+        // alias then names its key and ours stays unused.
+        self.store
+            .insert_alias(AliasRow {
+                name: alias.to_string(),
+                key_id,
+                created: now,
+                updated: now,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
 fn kerr(e: KmsError) -> ApiError {
     ApiError {
         code: e.code().to_string(),

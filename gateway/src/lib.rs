@@ -25,6 +25,7 @@ pub mod kms_api;
 pub mod kms_store;
 pub mod lifecycle;
 pub mod recordings;
+pub mod role_creds;
 pub mod server;
 pub mod store;
 pub mod tls;

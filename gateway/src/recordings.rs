@@ -3,8 +3,9 @@
 //! S3 backends, and the fail-closed admission check.
 //!
 //! The gateway only ever handles sealed chunks: the data key is wrapped by the
-//! key service under an encryption context naming the session, and unwrapped
-//! by the agent (to seal) and the reading client (to open). Object layout is
+//! gateway's KMS (`TrentService.GenerateDataKey`) under an encryption context
+//! naming the session, and unwrapped by the reading client with its own
+//! credentials (`kms:Decrypt`); this module never touches keys. Object layout is
 //! in `docs/RECORDINGS.md`.
 
 use std::path::{Path, PathBuf};
@@ -29,8 +30,19 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 const MAX_CHUNK: usize = 512 * 1024;
 /// Cap on the chunk bytes returned by one `GetChunks` call.
 const MAX_READ_BATCH: usize = 4 << 20;
-/// The default key recordings are wrapped with (created on first use).
+/// The default key recordings are wrapped with, created at gateway start.
 pub const DEFAULT_KEY_ALIAS: &str = "alias/airlock/recordings";
+
+/// Makes sure the default recordings key exists in the gateway's KMS.
+pub async fn ensure_default_key(state: &AppState) -> Result<(), ApiError> {
+    state
+        .kms
+        .ensure_alias_key(
+            DEFAULT_KEY_ALIAS,
+            "Default key for Airlock session recordings",
+        )
+        .await
+}
 
 type ApiResult = Result<http::Response<Body>, ApiError>;
 
@@ -241,16 +253,10 @@ pub struct Recordings {
     pub config: RecordingsConfig,
     pub storage: Arc<dyn RecordingStorage>,
     prefix: String,
-    keys: interim_kms::InterimKeys,
 }
 
 impl Recordings {
-    pub fn new(
-        config: &RecordingsConfig,
-        data_dir: &Path,
-        region: &str,
-        account: &str,
-    ) -> Result<Recordings, String> {
+    pub fn new(config: &RecordingsConfig, data_dir: &Path) -> Result<Recordings, String> {
         config.validate()?;
         let (storage, prefix): (Arc<dyn RecordingStorage>, String) = match config.storage.as_str() {
             "s3" => {
@@ -284,12 +290,10 @@ impl Recordings {
                 (Arc::new(LocalStorage::new(root)), String::new())
             }
         };
-        let keys = interim_kms::InterimKeys::open(data_dir, region, account)?;
         Ok(Recordings {
             config: config.clone(),
             storage,
             prefix,
-            keys,
         })
     }
 
@@ -376,9 +380,6 @@ struct Req {
     owner: Option<String>,
     since: Option<i64>,
     until: Option<i64>,
-    key_id: Option<String>,
-    encryption_context: Option<std::collections::BTreeMap<String, String>>,
-    ciphertext_blob: Option<String>,
 }
 
 fn ok(v: Value) -> ApiResult {
@@ -415,36 +416,8 @@ pub async fn handle(state: &Arc<AppState>, req: &ReadRequest) -> ApiResult {
     let principal = authenticate(state, &req.sigv4(), &["ssm", "ssmmessages"]).await?;
     let r: Req = serde_json::from_slice(&req.body)
         .map_err(|e| ApiError::new("SerializationException", e.to_string()))?;
-    let rec = &state.recordings;
     match r.action.as_str() {
         "PutHeader" | "PutChunk" | "PutEnd" => agent_put(state, req, &principal, &r).await,
-        "GenerateDataKey" => {
-            let (sid, target) = agent_session(state, &principal, &r).await?;
-            let ctx = r.encryption_context.clone().unwrap_or_default();
-            if ctx.get("aws:ssm:SessionId") != Some(&sid)
-                || ctx.get("aws:ssm:TargetId") != Some(&target)
-            {
-                return Err(ApiError::access_denied(
-                    "The encryption context must name this session and target.",
-                ));
-            }
-            let (key_id, blob, plain) = rec.keys.generate(r.key_id.as_deref(), &ctx)?;
-            ok(
-                json!({"KeyId": key_id, "CiphertextBlob": B64.encode(blob), "Plaintext": B64.encode(plain.expose())}),
-            )
-        }
-        "Decrypt" => {
-            let ctx = r.encryption_context.clone().unwrap_or_default();
-            let blob = decode_b64(r.ciphertext_blob.as_ref(), "CiphertextBlob", 4096)?;
-            let key_arn = rec.keys.key_arn_of(&blob)?;
-            let mut c = airlock_iam::Context::default();
-            for (k, v) in &ctx {
-                c.insert(&format!("kms:EncryptionContext:{k}"), v.clone());
-            }
-            crate::authz::authorize(state, req, &principal, "kms:Decrypt", &[key_arn], c).await?;
-            let (key_id, plain) = rec.keys.decrypt(&blob, &ctx)?;
-            ok(json!({"KeyId": key_id, "Plaintext": B64.encode(plain.expose())}))
-        }
         "List" => list(state, req, &principal, &r).await,
         "Get" | "GetChunks" => read(state, req, &principal, &r).await,
         other => Err(ApiError::new(
@@ -644,101 +617,4 @@ async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
         }
     }
     ok(json!({"Chunks": chunks}))
-}
-
-/// A stand-in for the gateway's KMS API until it lands: the default
-/// recordings key is a `airlock_kms` key sealed under its own root key in the
-/// data dir. Agents and clients prefer `TrentService.GenerateDataKey` /
-/// `Decrypt` and only fall back to these actions when the gateway does not
-/// offer them.
-mod interim_kms {
-    use std::collections::BTreeMap;
-    use std::path::Path;
-
-    use airlock_kms::{DataKeySpec, KeyRing, Plaintext, RootKey, StoredKey};
-    use ring::rand::SystemRandom;
-
-    use crate::error::ApiError;
-
-    pub struct InterimKeys {
-        ring: KeyRing,
-        key: StoredKey,
-    }
-
-    fn kms_err(e: airlock_kms::KmsError) -> ApiError {
-        if e.is_server_error() {
-            tracing::warn!(error = %e, "recordings key service");
-            return ApiError::internal();
-        }
-        ApiError::new(e.code(), e.to_string())
-    }
-
-    impl InterimKeys {
-        pub fn open(dir: &Path, region: &str, account: &str) -> Result<Self, String> {
-            let rng = SystemRandom::new();
-            let root_path = dir.join("recordings-kms-root.key");
-            let root = match std::fs::read(&root_path) {
-                Ok(b) => RootKey::from_slice(&b).map_err(|e| e.to_string())?,
-                Err(_) => {
-                    let r = RootKey::generate(&rng).map_err(|e| e.to_string())?;
-                    crate::util::write_private(&root_path, r.expose())
-                        .map_err(|e| e.to_string())?;
-                    r
-                }
-            };
-            let ring = KeyRing::new(root, region, account);
-            let key_path = dir.join("recordings-kms-key.json");
-            let key = match std::fs::read(&key_path) {
-                Ok(b) => serde_json::from_slice(&b).map_err(|e| e.to_string())?,
-                Err(_) => {
-                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                    let k = ring
-                        .create_key(&rng, super::DEFAULT_KEY_ALIAS, now)
-                        .map_err(|e| e.to_string())?;
-                    let bytes = serde_json::to_vec(&k).map_err(|e| e.to_string())?;
-                    crate::util::write_private(&key_path, &bytes).map_err(|e| e.to_string())?;
-                    k
-                }
-            };
-            Ok(InterimKeys { ring, key })
-        }
-
-        pub fn generate(
-            &self,
-            key_id: Option<&str>,
-            ctx: &BTreeMap<String, String>,
-        ) -> Result<(String, Vec<u8>, Plaintext), ApiError> {
-            let arn = self.ring.key_arn(&self.key.key_id());
-            if let Some(k) = key_id {
-                if k != super::DEFAULT_KEY_ALIAS && k != arn {
-                    return Err(ApiError::new(
-                        "NotFoundException",
-                        format!("Key '{k}' does not exist"),
-                    ));
-                }
-            }
-            let (blob, plain) = self
-                .ring
-                .generate_data_key(&self.key, DataKeySpec::Aes256, ctx, &SystemRandom::new())
-                .map_err(kms_err)?;
-            Ok((arn, blob, plain))
-        }
-
-        pub fn key_arn_of(&self, blob: &[u8]) -> Result<String, ApiError> {
-            let id = airlock_kms::blob_key_id(blob).map_err(kms_err)?;
-            Ok(self.ring.key_arn(&id))
-        }
-
-        pub fn decrypt(
-            &self,
-            blob: &[u8],
-            ctx: &BTreeMap<String, String>,
-        ) -> Result<(String, Plaintext), ApiError> {
-            let (id, plain) = self
-                .ring
-                .decrypt_with(&self.key, blob, ctx, None)
-                .map_err(kms_err)?;
-            Ok((self.ring.key_arn(&id), plain))
-        }
-    }
 }

@@ -42,6 +42,8 @@ pub struct AppState {
     /// Authorization decisions, one JSON line each.
     pub audit: crate::audit::AuditLog,
     pub recordings: crate::recordings::Recordings,
+    /// Mints and verifies agents' short-lived role credentials.
+    pub role_creds: crate::role_creds::RoleCredentialMinter,
 }
 
 /// A configured gateway, ready to serve.
@@ -129,13 +131,8 @@ impl Gateway {
             Some(crate::tls::acceptor(&paths)?)
         };
 
-        let recordings = crate::recordings::Recordings::new(
-            &config.recordings,
-            &dir,
-            &config.aws.region,
-            &config.aws.account_id,
-        )
-        .map_err(GatewayError::Config)?;
+        let recordings = crate::recordings::Recordings::new(&config.recordings, &dir)
+            .map_err(GatewayError::Config)?;
         let state = Arc::new(AppState {
             recordings,
             config,
@@ -147,7 +144,11 @@ impl Gateway {
             tracker: TaskTracker::new(),
             iam,
             audit,
+            role_creds: crate::role_creds::RoleCredentialMinter::new(&root_key),
         });
+        crate::recordings::ensure_default_key(&state)
+            .await
+            .map_err(|e| GatewayError::Config(format!("recordings key: {}", e.message)))?;
         Ok(Gateway {
             state,
             tls,
@@ -190,6 +191,8 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let state = self.state.clone();
         let conns = TaskTracker::new();
+        // Before anything is served: sessions a previous process left live.
+        crate::lifecycle::restore_sessions(&self.state).await;
         self.state.tracker.spawn(crate::lifecycle::run_reaper(
             self.state.clone(),
             shutdown.clone(),
@@ -229,7 +232,9 @@ impl Gateway {
                 }
             });
         }
-        // Stop sessions: their socket tasks send channel_closed and exit.
+        // Sessions outlive the process: recorded as Disconnected, their
+        // sockets closed with 1012 so peers resume against the next one.
+        crate::lifecycle::suspend_sessions(&self.state).await;
         self.state.sessions_cancel.cancel();
         conns.close();
         self.state.tracker.close();
@@ -415,6 +420,8 @@ async fn route_inner(
         crate::api::ssm(&state, &rr).await
     } else if rr.path == "/airlock/v1/recordings" {
         crate::recordings::handle(&state, &rr).await
+    } else if rr.path == crate::role_creds::PATH {
+        crate::role_creds::handle(&state, &rr).await
     } else if rr.path == "/airlock/v1/register" {
         crate::api::register(&state, &rr).await
     } else if let Some(id) = rr.path.strip_prefix("/v1/control-channel/") {

@@ -7,7 +7,7 @@
 //! every event is handed to the caller at once, and the caller's per-stream
 //! queues are bounded (backpressure then travels back over the data channel).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -150,17 +150,28 @@ pub enum MuxEvent {
     /// The peer opened a stream (server role).
     Opened(u32),
     Data(u32, Bytes),
-    /// The peer closed its side of the stream; the stream is forgotten.
+    /// The peer closed its side of the stream (it sends no more data). The
+    /// stream is forgotten once our side is closed too; until then we may
+    /// still write (TCP half-close semantics).
     Closed(u32),
 }
 
-/// Stream bookkeeping for one smux session.
+/// Which sides of a stream have sent their FIN.
+#[derive(Debug, Default, Clone, Copy)]
+struct Halves {
+    ours: bool,
+    theirs: bool,
+}
+
+/// Stream bookkeeping for one smux session. A stream stays known until
+/// both sides have sent FIN, so data still arriving for a stream we have
+/// finished writing is delivered.
 #[derive(Debug)]
 pub struct Mux {
     role: MuxRole,
     next_id: u32,
     decoder: Decoder,
-    open: BTreeSet<u32>,
+    open: BTreeMap<u32, Halves>,
     max_streams: usize,
     out: BytesMut,
 }
@@ -171,7 +182,7 @@ impl Mux {
             role,
             next_id: 3,
             decoder: Decoder::default(),
-            open: BTreeSet::new(),
+            open: BTreeMap::new(),
             max_streams: DEFAULT_MAX_STREAMS,
             out: BytesMut::new(),
         }
@@ -182,8 +193,9 @@ impl Mux {
         self
     }
 
+    /// Known and not fully closed.
     pub fn is_open(&self, sid: u32) -> bool {
-        self.open.contains(&sid)
+        self.open.contains_key(&sid)
     }
 
     pub fn open_streams(&self) -> usize {
@@ -199,18 +211,19 @@ impl Mux {
             return Err(SmuxError::TooManyStreams);
         }
         let mut sid = self.next_id;
-        while self.open.contains(&sid) {
+        while self.open.contains_key(&sid) {
             sid = sid.wrapping_add(2);
         }
         self.next_id = sid.wrapping_add(2).max(3);
         encode(Cmd::Syn, sid, &[], &mut self.out)?;
-        self.open.insert(sid);
+        self.open.insert(sid, Halves::default());
         Ok(sid)
     }
 
-    /// Queues `data` on an open stream as PSH frames of ≤ MAX_FRAME_SIZE.
+    /// Queues `data` on a stream whose side we have not closed, as PSH
+    /// frames of ≤ MAX_FRAME_SIZE.
     pub fn write(&mut self, sid: u32, data: &[u8]) -> Result<(), SmuxError> {
-        if !self.open.contains(&sid) {
+        if self.open.get(&sid).is_none_or(|h| h.ours) {
             return Err(SmuxError::NotOpen(sid));
         }
         for chunk in data.chunks(MAX_FRAME_SIZE) {
@@ -219,18 +232,28 @@ impl Mux {
         Ok(())
     }
 
-    /// Queues a FIN for our side and forgets the stream. Idempotent.
+    /// Queues a FIN for our side. Idempotent.
     pub fn close(&mut self, sid: u32) {
-        if self.open.remove(&sid) {
+        if self.open.get(&sid).is_some_and(|h| !h.ours) {
             // An empty payload always encodes.
             let _ = encode(Cmd::Fin, sid, &[], &mut self.out);
+            self.forget(sid);
         }
     }
 
-    /// Forgets a stream without sending anything (its FIN was written by
-    /// someone else, e.g. an I/O task encoding frames itself).
-    pub fn forget(&mut self, sid: u32) {
-        self.open.remove(&sid);
+    /// Records that our FIN was written by someone else (an I/O task
+    /// encoding frames itself). Returns true when the stream is now fully
+    /// closed and forgotten.
+    pub fn forget(&mut self, sid: u32) -> bool {
+        let Some(h) = self.open.get_mut(&sid) else {
+            return true;
+        };
+        h.ours = true;
+        if h.theirs {
+            self.open.remove(&sid);
+            return true;
+        }
+        false
     }
 
     /// Feeds received bytes; returns the events they complete.
@@ -240,23 +263,29 @@ impl Mux {
         while let Some(f) = self.decoder.next_frame()? {
             match f.cmd {
                 Cmd::Syn => {
-                    if self.role == MuxRole::Server && !self.open.contains(&f.sid) {
+                    if self.role == MuxRole::Server && !self.open.contains_key(&f.sid) {
                         if self.open.len() >= self.max_streams {
                             let _ = encode(Cmd::Fin, f.sid, &[], &mut self.out);
                             continue;
                         }
-                        self.open.insert(f.sid);
+                        self.open.insert(f.sid, Halves::default());
                         events.push(MuxEvent::Opened(f.sid));
                     }
                 }
                 Cmd::Psh => {
-                    if self.open.contains(&f.sid) && !f.data.is_empty() {
+                    if self.open.get(&f.sid).is_some_and(|h| !h.theirs) && !f.data.is_empty() {
                         events.push(MuxEvent::Data(f.sid, f.data));
                     }
                 }
                 Cmd::Fin => {
-                    if self.open.remove(&f.sid) {
-                        events.push(MuxEvent::Closed(f.sid));
+                    if let Some(h) = self.open.get_mut(&f.sid) {
+                        if !h.theirs {
+                            h.theirs = true;
+                            events.push(MuxEvent::Closed(f.sid));
+                        }
+                        if h.ours {
+                            self.open.remove(&f.sid);
+                        }
                     }
                 }
                 Cmd::Nop => {}
@@ -335,6 +364,10 @@ mod tests {
             .sum();
         assert_eq!(total, 70000);
         assert_eq!(ev.last(), Some(&MuxEvent::Closed(5)));
+        // Data after the peer's FIN is ignored.
+        let mut late = BytesMut::new();
+        encode(Cmd::Psh, 5, b"after fin", &mut late).unwrap();
+        assert!(s.receive(&late).unwrap().is_empty());
         s.write(3, b"pong").unwrap();
         s.close(3);
         let ev = c.receive(&s.take_output()).unwrap();
@@ -345,8 +378,33 @@ mod tests {
                 MuxEvent::Closed(3)
             ]
         );
-        assert_eq!(c.open_streams(), 0);
+        // Half-closed: the client may still write on 3 until it closes it;
+        // 5 waits for the server's FIN.
+        assert_eq!(c.open_streams(), 2);
+        c.write(3, b"late").unwrap();
+        assert!(c.write(5, b"x").is_err());
+        c.close(3);
         assert!(c.write(3, b"x").is_err());
+        let ev = s.receive(&c.take_output()).unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                MuxEvent::Data(3, Bytes::from_static(b"late")),
+                MuxEvent::Closed(3)
+            ]
+        );
+        assert_eq!(
+            s.open_streams(),
+            1,
+            "stream 5 is still writable by the server"
+        );
+        s.close(5);
+        assert_eq!(s.open_streams(), 0);
+        assert_eq!(
+            c.receive(&s.take_output()).unwrap(),
+            vec![MuxEvent::Closed(5)]
+        );
+        assert_eq!(c.open_streams(), 0);
     }
 
     #[test]

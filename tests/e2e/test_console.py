@@ -2,7 +2,10 @@
 playwright-core from tests/e2e/console/driver.mjs against a real gateway and
 agent on loopback."""
 
+import base64
+import hashlib
 import json
+import time
 import os
 import re
 import shutil
@@ -13,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Agent, Gateway, LineReader, binary
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from conftest import REGION, ROOT, Agent, Gateway, LineReader, binary
 
 DRIVER = Path(__file__).resolve().parent / "console" / "driver.mjs"
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -55,7 +62,8 @@ def test_console_assets_and_security_headers(gateway):
     h = {k.lower(): v for k, v in headers.items()}
     csp = h["content-security-policy"]
     assert "frame-ancestors 'none'" in csp
-    assert "script-src 'self';" in csp and "unsafe-eval" not in csp
+    assert "script-src 'self' 'wasm-unsafe-eval';" in csp and "'unsafe-eval'" not in csp
+    assert "'unsafe-inline'" not in csp.split("style-src-attr")[0]
     assert "default-src 'none'" in csp
     # The <style> nonce is fresh per response and matches the page's.
     nonce = re.search(r"'nonce-([A-Za-z0-9+/=]+)'", csp).group(1)
@@ -102,6 +110,13 @@ def test_console_wrong_secret_shows_api_error(gateway):
     r = drive(gateway, "denied")
     assert r["error"].startswith("InvalidSignatureException: The request signature we calculated"), r["error"]
     assert r["stored"] is None
+
+
+def test_console_sign_in_link_fragment(gateway, agent):
+    key, secret = gateway.admin_keys()
+    r = drive(gateway, "link", instanceId=agent.instance_id)
+    assert r["whoami"] == key
+    assert secret not in r["url"] and r["url"].endswith("/console/#/instances"), r["url"]
 
 
 def test_console_reconnects_with_resume_session(gateway, agent):
@@ -151,3 +166,110 @@ def test_console_shows_session_limit_in_the_api_words(workdir):
             ag.stop()
     finally:
         gw.stop()
+
+
+def iam(gateway, action, **body):
+    """One signed call to the gateway's admin API (AirlockIAM.*) as admin."""
+    key, secret = gateway.admin_keys()
+    req = AWSRequest(
+        method="POST", url=gateway.url + "/airlock/v1/iam", data=json.dumps(body),
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": f"AirlockIAM.{action}"},
+    )
+    SigV4Auth(Credentials(key, secret), "iam", REGION).add_auth(req)
+    ctx = ssl.create_default_context(cafile=gateway.ca_bundle)
+    http_req = urllib.request.Request(req.url, data=req.body, headers=dict(req.headers), method="POST")
+    with urllib.request.urlopen(http_req, context=ctx, timeout=10) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def test_console_denied_user_sees_access_denied(gateway, agent):
+    iam(gateway, "CreateUser", UserName="viewer")
+    iam(gateway, "PutUserPolicy", UserName="viewer", PolicyName="look-only", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
+            "ssm:DescribeInstanceInformation", "ssm:ListTagsForResource", "ssm:DescribeSessions"]}],
+    }))
+    k = iam(gateway, "CreateAccessKey", UserName="viewer")["AccessKey"]
+    r = drive(gateway, "startRefused", key=k["AccessKeyId"], secret=k["SecretAccessKey"],
+              instanceId=agent.instance_id)
+    assert r["error"].startswith(
+        "AccessDeniedException: User: arn:aws:iam::"
+    ), r["error"]
+    assert ":user/viewer is not authorized to perform: ssm:StartSession on resource: " in r["error"], r["error"]
+    assert "because no identity-based policy allows the ssm:StartSession action" in r["error"], r["error"]
+
+
+def signed_post(gateway, path, key, secret, service, body, target=None):
+    headers = {"Content-Type": "application/x-amz-json-1.1"}
+    if target:
+        headers["X-Amz-Target"] = target
+    req = AWSRequest(method="POST", url=gateway.url + path, data=json.dumps(body), headers=headers)
+    SigV4Auth(Credentials(key, secret), service, REGION).add_auth(req)
+    ctx = ssl.create_default_context(cafile=gateway.ca_bundle)
+    http_req = urllib.request.Request(req.url, data=req.body, headers=dict(req.headers), method="POST")
+    with urllib.request.urlopen(http_req, context=ctx, timeout=10) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def write_recording(gateway, agent, session_id, events):
+    """Writes a recording through the gateway's recordings API with the
+    agent's own credentials, sealed as the recordings crate seals: chunk =
+    "ALRC" | 1 | seq | prev link | nonce | AES-GCM(events, AAD = prefix ‖ sid)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    reg = json.loads((agent.state_dir / "registration.json").read_text())
+    call = lambda body: signed_post(  # noqa: E731
+        gateway, "/airlock/v1/recordings", reg["AccessKeyId"], reg["SecretAccessKey"], "ssmmessages", body)
+    ctx = {"aws:ssm:SessionId": session_id, "aws:ssm:TargetId": agent.instance_id, "airlock:purpose": "recording"}
+    dk = call({"Action": "GenerateDataKey", "SessionId": session_id, "EncryptionContext": ctx})
+    key = base64.b64decode(dk["Plaintext"])
+    header = json.dumps({
+        "format": 1, "sessionId": session_id, "target": agent.instance_id, "owner": "admin",
+        "kind": "shell", "width": 80, "height": 24, "started": int(time.time()), "recordInput": False,
+        "kmsKeyId": dk["KeyId"], "encryptedDataKey": dk["CiphertextBlob"], "encryptionContext": ctx,
+    }).encode()
+    call({"Action": "PutHeader", "SessionId": session_id, "Data": base64.b64encode(header).decode()})
+    prev = hashlib.sha256(b"airlock-recording-v1\0" + header).digest()
+    for seq, chunk_events in enumerate(events):
+        plain = b"".join(
+            b"o" + int(t * 1e6).to_bytes(8, "big") + len(d).to_bytes(4, "big") + d
+            for t, d in chunk_events
+        )
+        prefix = b"ALRC" + bytes([1]) + seq.to_bytes(8, "big") + prev
+        nonce = os.urandom(12)
+        chunk = prefix + nonce + AESGCM(key).encrypt(nonce, plain, prefix + session_id.encode())
+        call({"Action": "PutChunk", "SessionId": session_id, "Seq": seq, "Data": base64.b64encode(chunk).decode()})
+        prev = hashlib.sha256(prev + chunk).digest()
+    end = json.dumps({"chunks": len(events), "finalHash": prev.hex(), "ended": int(time.time())}).encode()
+    call({"Action": "PutEnd", "SessionId": session_id, "Data": base64.b64encode(end).decode()})
+
+
+def test_console_plays_recording_and_search_seeks(gateway, agent):
+    ssm = gateway.client()
+    sid = ssm.start_session(Target=agent.instance_id)["SessionId"]
+    ssm.terminate_session(SessionId=sid)
+    write_recording(gateway, agent, sid, [
+        [(0.5, b"$ echo hello\r\n"), (2.0, b"hello\r\n")],
+        [(5.25, b"\x1b[1mneedle-XYZ\x1b[0m found\r\n"), (7.0, b"bye\r\n")],
+    ])
+    r = drive(gateway, "playback", sessionId=sid, query="needle-xyz")
+    assert "hash chain verified" in r["status"], r["status"]
+    assert "needle-XYZ found" in r["hits"][0], r["hits"]
+    assert abs(r["seekedTo"] - 5.25) < 0.05, r
+    assert r["cspViolations"] == [], r["cspViolations"]
+    assert (ARTIFACTS / "console-playback.png").stat().st_size > 1000
+
+
+def test_console_refuses_an_altered_recording(gateway, agent):
+    ssm = gateway.client()
+    sid = ssm.start_session(Target=agent.instance_id)["SessionId"]
+    ssm.terminate_session(SessionId=sid)
+    write_recording(gateway, agent, sid, [[(0.1, b"one\r\n")], [(0.2, b"two\r\n")]])
+    # Alter one ciphertext byte of chunk 1 where the gateway stored it.
+    [chunk] = [p for p in gateway.data_dir.rglob("000000000001.alrc") if sid in str(p)]
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 1
+    chunk.write_bytes(bytes(data))
+    r = drive(gateway, "playbackRefused", sessionId=sid)
+    assert r["error"] == "chunk 1 failed authentication (altered, or the wrong key)", r["error"]
+    assert r["player"] == 0

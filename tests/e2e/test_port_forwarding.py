@@ -5,48 +5,24 @@ import hashlib
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import threading
+import time
 
 import pytest
 
-from conftest import REGION, LineReader, binary, stop
+from conftest import REGION, Agent, binary, stop
+from portutil import (DOC_REMOTE, ConfigGateway, EchoServer, HashSink, Tunnel, free_port,
+                      stream_random)
 
-DOC_REMOTE = "AWS-StartPortForwardingSessionToRemoteHost"
 
-
-class EchoServer:
-    """Echoes every byte back on each accepted connection."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn):
-        with conn:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                conn.sendall(data)
-
-    def close(self):
-        self.sock.close()
+@pytest.fixture
+def gateway(workdir):
+    """Overrides conftest's: several tunnels per target at once."""
+    gw = ConfigGateway(workdir)
+    yield gw
+    gw.stop()
 
 
 @pytest.fixture
@@ -54,31 +30,6 @@ def echo():
     srv = EchoServer()
     yield srv
     srv.close()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Tunnel:
-    def __init__(self, gateway, *args):
-        self.proc = subprocess.Popen(
-            [binary("airlock"), *args, "--endpoint-url", gateway.url, "--region", REGION],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=gateway.env(),
-        )
-        self.out = LineReader(self.proc)
-        match = self.out.wait_for(r"Port (\d+) opened for sessionId (\S+)\.")
-        self.port = int(match.group(1))
-        self.session_id = match.group(2)
-        self.out.wait_for(r"Waiting for connections")
-
-    def close(self):
-        stop(self.proc, signal.SIGINT)
 
 
 @pytest.fixture
@@ -149,7 +100,8 @@ def test_refused_dial_closes_the_connection_and_reports(tunnel_to):
         except ConnectionResetError:
             data = b""
         assert data == b""
-    tunnel.out.wait_for(r"Connection to destination port failed", timeout=30)
+    line = tunnel.out.wait_for(r"Connection to destination port failed", timeout=30)
+    assert "Reason: connect 127.0.0.1:" in line.string and "refused" in line.string
     # The session survives a failed stream.
     assert tunnel.proc.poll() is None
 
@@ -193,3 +145,123 @@ def test_ssh_proxy_pipes_stdio(gateway, agent, echo):
         assert proc.wait(timeout=15) == 0
     finally:
         stop(proc)
+
+
+def test_one_gib_random_sha256_equal(tunnel_to):
+    sink = HashSink()
+    try:
+        tunnel = tunnel_to(sink.port)
+        total = 1 << 30
+        sent, reply = stream_random(tunnel.port, total)
+        assert reply == f"{total} {sent}"
+    finally:
+        sink.close()
+
+
+def test_64_concurrent_connections_none_starved(tunnel_to, echo):
+    tunnel = tunnel_to(echo.port)
+    count, size = 64, 1 << 20
+    start = threading.Barrier(count)
+    first, done, ok = [None] * count, [None] * count, [False] * count
+
+    def worker(i):
+        payload = os.urandom(size)
+        with socket.create_connection(("127.0.0.1", tunnel.port), timeout=120) as s:
+            start.wait(timeout=60)
+            t0 = time.monotonic()
+            sender = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
+            sender.start()
+            digest, got = hashlib.sha256(), 0
+            while got < size:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                if first[i] is None:
+                    first[i] = time.monotonic() - t0
+                digest.update(chunk)
+                got += len(chunk)
+            done[i] = time.monotonic() - t0
+            sender.join(timeout=60)
+            ok[i] = got == size and digest.digest() == hashlib.sha256(payload).digest()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert all(ok), f"{ok.count(False)} connections lost data"
+    assert echo.connections == count
+    # Fairness: every connection got its first echoed bytes before half of
+    # them had finished, i.e. none waited for the others to drain.
+    assert max(first) <= statistics.median(done), (max(first), statistics.median(done))
+
+
+def test_denied_and_link_local_destinations_report_reasons(gateway, workdir, monkeypatch, echo):
+    monkeypatch.setenv("AIRLOCK_AGENT_PORT_DENY", f"127.0.0.1:{echo.port}")
+    monkeypatch.setenv("AIRLOCK_AGENT_PORT_ALLOW", "127.0.0.0/8:*,169.254.0.0/16:*")
+    policy_agent = Agent(gateway, workdir, name="policy")
+    tunnels = []
+    try:
+        def reason_for(host, port):
+            t = Tunnel(gateway, "forward", policy_agent.instance_id, f"0:{host}:{port}")
+            tunnels.append(t)
+            with socket.create_connection(("127.0.0.1", t.port), timeout=30) as s:
+                s.settimeout(30)
+                try:
+                    assert s.recv(100) == b""
+                except ConnectionResetError:
+                    pass
+            return t.out.wait_for(r"Connection to destination port failed", timeout=30).string
+
+        denied = reason_for("127.0.0.1", echo.port)
+        assert f"destination 127.0.0.1:{echo.port} is denied by agent policy" in denied
+        assert "link-local or metadata" in reason_for("169.254.169.254", 80)
+        outside = reason_for("10.255.255.1", 80)
+        assert "not in the agent's allow list" in outside
+        assert echo.connections == 0
+        # Another port on the same host is allowed.
+        other = EchoServer()
+        try:
+            t = Tunnel(gateway, "forward", policy_agent.instance_id, f"0:127.0.0.1:{other.port}")
+            tunnels.append(t)
+            got = [None]
+            round_trip(t.port, b"allowed", got, 0)
+            assert got[0] == (7, hashlib.sha256(b"allowed").hexdigest())
+        finally:
+            other.close()
+    finally:
+        for t in tunnels:
+            t.close()
+        policy_agent.stop()
+
+
+def test_forward_several_specs_and_unix_socket(gateway, agent, workdir, echo):
+    sock_path = os.path.join(workdir, "fwd.sock")
+    tunnel = Tunnel(gateway, "forward", agent.instance_id, f"0:127.0.0.1:{echo.port}",
+                    f"127.0.0.1:0:localhost:{echo.port}", f"unix:{sock_path}:127.0.0.1:{echo.port}",
+                    ready=3)
+    try:
+        assert len(tunnel.ports) == 2 and tunnel.sockets == [sock_path]
+        assert len(set(tunnel.session_ids)) == 3
+        for port in tunnel.ports:
+            got = [None]
+            round_trip(port, b"tcp-forward", got, 0)
+            assert got[0] == (11, hashlib.sha256(b"tcp-forward").hexdigest())
+        with socket.socket(socket.AF_UNIX) as u:
+            u.settimeout(30)
+            u.connect(sock_path)
+            u.sendall(b"over-unix")
+            data = b""
+            while len(data) < 9:
+                chunk = u.recv(100)
+                if not chunk:
+                    break
+                data += chunk
+            assert data == b"over-unix"
+        # Not a terminal: no live status line on stderr.
+        tunnel.proc.send_signal(signal.SIGINT)
+        assert tunnel.proc.wait(timeout=15) == 0
+        assert b"\r" not in tunnel.proc.stderr.read()
+        assert not os.path.exists(sock_path)
+    finally:
+        tunnel.close()

@@ -58,10 +58,10 @@ export class Api {
     return s;
   }
 
-  async call(service, target, body) {
+  async call(service, target, body, path = '/') {
     let resp;
     try {
-      resp = await this.signer(service).fetch(`${this.endpoint}/`, {
+      resp = await this.signer(service).fetch(`${this.endpoint}${path}`, {
         method: 'POST',
         headers: {
           'content-type': 'application/x-amz-json-1.1',

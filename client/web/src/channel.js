@@ -14,6 +14,8 @@ const MAX_OUTGOING = 10000;
 const TICK_MS = 100;
 const MAX_RTO_MS = 1000;
 const MAX_RETRIES = 5;
+// The stock plugin gives up after this many resends of one message (~5 min).
+const MAX_RESENDS = 3000;
 
 function backoff(attempt) {
   const d0 = 100 + Math.floor(Math.random() * 100);
@@ -145,6 +147,9 @@ export class DataChannel {
       }
     } finally {
       this.reconnecting = false;
+      // A socket that dropped again while we were finishing up was ignored
+      // by the guard above; go round once more.
+      if (!this.finished && !this.ws) this.reconnect();
     }
   }
 
@@ -274,6 +279,12 @@ export class DataChannel {
     if (!head || !this.ws || this.ws.readyState !== WebSocket.OPEN) return;
     const now = performance.now();
     if (now - head.lastSent > this.rto) {
+      if (head.resent >= MAX_RESENDS) {
+        this.finish();
+        this.onFailed(`no acknowledgement from the agent after ${MAX_RESENDS} resends`);
+        if (this.ws) this.ws.close(1000);
+        return;
+      }
       this.ws.send(head.bytes);
       head.lastSent = now;
       head.resent++;
@@ -289,10 +300,5 @@ export class DataChannel {
   close() {
     this.finish();
     if (this.ws) this.ws.close(1000);
-  }
-
-  /** Drops the socket as a network failure would; the channel reconnects. */
-  dropSocket() {
-    if (this.ws) this.ws.close(4000, 'dropped');
   }
 }

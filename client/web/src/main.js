@@ -6,11 +6,13 @@ import './style.css';
 import { Api, clearCredentials, loadCredentials, saveCredentials } from './api.js';
 import { clear, fmtTime, h } from './dom.js';
 import { runShell } from './shell.js';
+import { playerPage, recordingsPage } from './playback.js';
 
 const state = {
   config: { region: 'us-east-1' },
   api: null,
   shell: null,
+  player: null,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -254,12 +256,12 @@ function sessionTable(id, sessions, active) {
       h(
         'tr',
         { 'data-session': s.SessionId },
-        h('td', {}, s.SessionId),
-        h('td', {}, s.Target || ''),
+        h('td', { class: 'id' }, s.SessionId),
+        h('td', { class: 'id' }, s.Target || ''),
         h('td', {}, s.Status || ''),
-        h('td', {}, s.Owner || ''),
-        h('td', {}, fmtTime(s.StartDate)),
-        h('td', {}, fmtTime(s.EndDate)),
+        h('td', { class: 'id' }, s.Owner || ''),
+        h('td', { class: 'time' }, fmtTime(s.StartDate)),
+        h('td', { class: 'time' }, fmtTime(s.EndDate)),
         h('td', {}, s.DocumentName || ''),
         actions,
       ),
@@ -306,8 +308,24 @@ async function route() {
   $('whoami').textContent = creds.accessKeyId;
   if (hash.startsWith('#/terminal/') && state.shell) return;
   leaveShell();
+  if (state.player) {
+    state.player.dispose();
+    state.player = null;
+  }
   if (hash.startsWith('#/sessions')) await sessionsPage();
-  else await instancesPage();
+  else if (hash.startsWith('#/recordings/')) {
+    const sessionId = decodeURIComponent(hash.slice('#/recordings/'.length));
+    state.player = await playerPage({ api: state.api, sessionId, setMain, showError });
+  } else if (hash.startsWith('#/recordings')) {
+    await recordingsPage({
+      api: state.api,
+      setMain,
+      showError,
+      open: (sid) => {
+        location.hash = `#/recordings/${encodeURIComponent(sid)}`;
+      },
+    });
+  } else await instancesPage();
 }
 
 async function boot() {

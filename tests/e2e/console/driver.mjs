@@ -60,6 +60,9 @@ async function startShell(page) {
   await waitFor('a connected terminal', async () =>
     /Connected to/.test(await page.textContent('#term-status')),
   );
+  // Type only once the shell has prompted, as a person would; keys sent
+  // earlier are echoed by the tty before the prompt and garble the lines.
+  await waitTerminal(page, /[#$%>] *$/m, 'the shell prompt');
 }
 
 async function sttySize(page, marker) {
@@ -130,6 +133,16 @@ const scenarios = {
     result.stored = await page.evaluate(() => sessionStorage.getItem('airlock.credentials'));
   },
 
+  // A sign-in link (credentials in the fragment, never sent to a server)
+  // signs the tab in and is scrubbed from the address bar.
+  async link(page) {
+    const q = new URLSearchParams({ AccessKeyId: cfg.accessKeyId, SecretAccessKey: cfg.secret });
+    await page.goto(`${cfg.url}/console/#/signin?${q}`);
+    await page.waitForSelector(`tr[data-instance="${cfg.instanceId}"]`, { timeout: TIMEOUT });
+    result.url = page.url();
+    result.whoami = await page.textContent('#whoami');
+  },
+
   // StartSession refused (e.g. AccessDenied or a limit): shown as worded.
   async startRefused(page) {
     await signIn(page);
@@ -159,6 +172,7 @@ const scenarios = {
   async sessions(page) {
     await signIn(page);
     await page.waitForSelector('#instances', { timeout: TIMEOUT });
+    if (cfg.artifacts) await page.screenshot({ path: join(cfg.artifacts, 'console-instances.png') });
     await page.click('#nav-sessions');
     const row = `#active-sessions tr[data-session="${cfg.sessionId}"]`;
     await page.waitForSelector(row, { timeout: TIMEOUT });
@@ -166,6 +180,44 @@ const scenarios = {
     await page.waitForSelector(`#history-sessions tr[data-session="${cfg.sessionId}"]`, { timeout: TIMEOUT });
     result.historyRow = await page.locator(`#history-sessions tr[data-session="${cfg.sessionId}"]`).innerText();
     result.activeLeft = await page.locator(row).count();
+    if (cfg.artifacts) await page.screenshot({ path: join(cfg.artifacts, 'console-sessions.png') });
+  },
+
+  // A recording is listed, decrypted and verified in the page, and a search
+  // hit seeks the player to the hit's time.
+  async playback(page) {
+    await signIn(page);
+    await page.waitForSelector('#instances', { timeout: TIMEOUT });
+    await page.click('#nav-recordings');
+    const row = `#recordings tr[data-session="${cfg.sessionId}"]`;
+    await page.waitForSelector(row, { timeout: TIMEOUT });
+    await page.click(`${row} button.play`);
+    await page.waitForSelector('#search', { timeout: TIMEOUT });
+    result.status = await page.textContent('#rec-status');
+    await page.fill('#search', cfg.query);
+    await page.click('#search-go');
+    await page.waitForSelector('#hits button.hit', { timeout: TIMEOUT });
+    result.hits = await page.locator('#hits button.hit').allInnerTexts();
+    await page.locator('#hits button.hit').first().click();
+    const t = await waitFor('the player to seek', async () => {
+      const m = /([\d.]+) s/.exec(await page.textContent('#player-time'));
+      return m && Number(m[1]) > 0 ? Number(m[1]) : null;
+    });
+    result.seekedTo = t;
+    if (cfg.artifacts) {
+      mkdirSync(cfg.artifacts, { recursive: true });
+      await page.screenshot({ path: join(cfg.artifacts, 'console-playback.png') });
+    }
+  },
+
+  // An altered recording is refused with the reason, not played.
+  async playbackRefused(page) {
+    await signIn(page);
+    await page.waitForSelector('#instances', { timeout: TIMEOUT });
+    await page.goto(`${cfg.url}/console/#/recordings/${encodeURIComponent(cfg.sessionId)}`);
+    await page.waitForSelector('#error:not([hidden])', { timeout: TIMEOUT });
+    result.error = await page.textContent('#error');
+    result.player = await page.locator('#player').count();
   },
 
   // Response headers of the console's assets.
