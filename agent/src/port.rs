@@ -11,7 +11,7 @@ use airlock_proto::handshake::{
     ACTION_AIRLOCK_CAPABILITIES, ACTION_SESSION_TYPE,
 };
 use airlock_proto::messages::{AgentSessionState, SessionState, StartSessionTask};
-use airlock_proto::reliable::{Config, Event};
+use airlock_proto::reliable::{Config, Event, FEATURE_NO_PAYLOAD_DIGEST};
 use airlock_proto::smux::{self, Cmd, Mux, MuxEvent, MuxRole};
 use airlock_proto::{MessageType, PayloadType, Role};
 use airlock_transport::datachannel::{ChannelEvent, DataChannel, DataSender};
@@ -50,6 +50,7 @@ struct Peer {
     version: String,
     airlock: bool,
     max_payload: usize,
+    no_digest: bool,
 }
 
 /// Numeric 4-part compare; unparsable → None.
@@ -85,6 +86,9 @@ fn peer_from(resp: &HandshakeResponse) -> Peer {
     Peer {
         version: resp.client_version.clone(),
         airlock: caps.is_some(),
+        no_digest: caps
+            .as_ref()
+            .is_some_and(|c| c.features.iter().any(|f| f == FEATURE_NO_PAYLOAD_DIGEST)),
         max_payload: caps
             .map(|c| c.max_payload.clamp(STOCK_PAYLOAD, PORT_MAX_PAYLOAD))
             .unwrap_or(STOCK_PAYLOAD),
@@ -219,7 +223,7 @@ pub async fn run(
             RequestedClientAction {
                 action_type: ACTION_AIRLOCK_CAPABILITIES.into(),
                 action_parameters: serde_json::to_value(Capabilities {
-                    features: vec![],
+                    features: vec![FEATURE_NO_PAYLOAD_DIGEST.into()],
                     max_payload: PORT_MAX_PAYLOAD,
                 })?,
             },
@@ -232,6 +236,9 @@ pub async fn run(
             &kms_challenge,
         );
     }
+    // Offering the feature: an Airlock client may stop sending digests as
+    // soon as it has answered, before we have read its answer.
+    dc.sender().set_payload_digest(true, true).await?;
     dc.send(
         PayloadType::HandshakeRequest,
         Bytes::from(serde_json::to_vec(&request)?),
@@ -294,6 +301,10 @@ pub async fn run(
             }
         }
     }
+    // Digests stay on (and required) unless the client took the feature.
+    dc.sender()
+        .set_payload_digest(!peer.no_digest, peer.no_digest)
+        .await?;
     let complete = HandshakeComplete {
         handshake_time_to_complete: i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX),
         customer_message: match crypto {
@@ -320,7 +331,7 @@ pub async fn run(
         .context("document properties lack a valid portNumber")?;
     let mux = multiplexed(&properties, &peer);
     let chunk = peer.max_payload;
-    info!(%host, port, mux, chunk, client_version = %peer.version, "port session");
+    info!(%host, port, mux, chunk, no_digest = peer.no_digest, client_version = %peer.version, "port session");
 
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let pump = spawn_sender(dc.sender(), out_rx, crypto.clone());
@@ -429,7 +440,7 @@ async fn run_mux(
                 Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
                     PayloadType::Output => {
                         let payload = dest.open(payload_type, payload)?;
-                        let events = match mux.receive(&payload) {
+                        let events = match mux.receive_bytes(payload) {
                             Ok(e) => e,
                             Err(e) => bail!("{e}"),
                         };
@@ -573,6 +584,7 @@ async fn run_basic(
     struct Conn {
         writer: mpsc::Sender<Bytes>,
         reader: tokio::task::JoinHandle<()>,
+        stats: crate::recorder::ConnStats,
     }
     let (eof_tx, mut eof_rx) = mpsc::channel::<u64>(4);
     let mut generation = 0u64;
@@ -592,24 +604,27 @@ async fn run_basic(
                 }
             };
             crate::recorder::conn_event(&rec, "opened", stream, &remote, (0, 0), "").await;
+            let stats = crate::recorder::ConnStats::new(rec, stream, remote);
             let (mut rd, mut wr) = conn.into_split();
             let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+            let wstats = stats.clone();
             tokio::spawn(async move {
                 while let Some(b) = rx.recv().await {
                     if wr.write_all(&b).await.is_err() {
                         return;
                     }
+                    wstats.add_in(b.len());
                 }
                 let _ = wr.shutdown().await;
             });
+            let rstats = stats.clone();
             let reader = tokio::spawn(async move {
                 let mut buf = vec![0u8; read_size];
-                let mut read_total = 0u64;
                 loop {
                     match rd.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            read_total += n as u64;
+                            rstats.add_out(n);
                             let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or(&[]));
                             if out_tx.send(Out::Output(data)).await.is_err() {
                                 return;
@@ -617,11 +632,13 @@ async fn run_basic(
                         }
                     }
                 }
-                crate::recorder::conn_event(&rec, "closed", stream, &remote, (0, read_total), "")
-                    .await;
                 let _ = eof_tx.send(generation).await;
             });
-            Ok::<Conn, String>(Conn { writer: tx, reader })
+            Ok::<Conn, String>(Conn {
+                writer: tx,
+                reader,
+                stats,
+            })
         }
     };
     let mut conn = match connect(generation).await {
@@ -666,6 +683,7 @@ async fn run_basic(
                     PayloadType::Flag => match parse_flag(&payload) {
                         Some(FLAG_DISCONNECT_TO_PORT) => {
                             if let Some(c) = conn.take() {
+                                c.stats.closed().await;
                                 c.reader.abort();
                             }
                         }
@@ -695,6 +713,7 @@ async fn run_basic(
         })
         .await;
         c.reader.abort();
+        c.stats.closed().await;
     }
     Ok(outcome)
 }
@@ -718,6 +737,7 @@ mod tests {
             version: "1.0.0.0".into(),
             airlock: false,
             max_payload: 1024,
+            no_digest: false,
         };
         let new = Peer {
             version: "1.2.0.0".into(),

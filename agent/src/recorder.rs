@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use base64::Engine;
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
@@ -41,6 +42,12 @@ const MAX_EVENT: usize = 64 * 1024;
 /// Default bound of one session's spool; the session blocks when it is full.
 const DEFAULT_SPOOL_MAX: u64 = 64 << 20;
 const DEFAULT_KEY: &str = "alias/airlock/recordings";
+/// With fail-closed recordings, how long uploads may keep failing before the
+/// session is ended.
+const FAIL_CLOSED_GRACE: Duration = Duration::from_secs(5);
+/// What the client sees when a fail-closed session is ended.
+pub const FAIL_CLOSED_MESSAGE: &[u8] =
+    b"\r\n[airlock] This session's recording cannot be made durable and recordings fail closed: ending the session.\r\n";
 
 /// Where data keys come from.
 #[async_trait]
@@ -122,6 +129,7 @@ pub struct Recorder {
     tx: mpsc::Sender<Msg>,
     started: Instant,
     record_input: bool,
+    doomed: CancellationToken,
 }
 
 fn input_enabled(task: &StartSessionTask) -> bool {
@@ -194,11 +202,13 @@ async fn try_start(
     drop(key);
     let notify = Arc::new(Notify::new());
     let live = Arc::new(AtomicBool::new(true));
+    let doomed = CancellationToken::new();
     tokio::spawn(upload_dir(
         agent.api.clone(),
         dir.clone(),
         notify.clone(),
         live.clone(),
+        Some(doomed.clone()),
     ));
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     tokio::spawn(async move {
@@ -211,7 +221,14 @@ async fn try_start(
         tx,
         started: Instant::now(),
         record_input,
+        doomed,
     })
+}
+
+/// Cancelled when recordings fail closed and this session's recording cannot
+/// be made durable; never cancelled without a recorder.
+pub fn doomed(rec: &Option<Recorder>) -> CancellationToken {
+    rec.as_ref().map(|r| r.doomed.clone()).unwrap_or_default()
 }
 
 impl Recorder {
@@ -379,12 +396,20 @@ fn hex_encode(b: &[u8]) -> String {
 /// each file once acknowledged, with backoff while the gateway or its storage
 /// is down. Ends when the end record is uploaded, or, for a dir left from a
 /// previous run, when the dir is empty.
-async fn upload_dir(api: ApiClient, dir: PathBuf, notify: Arc<Notify>, live: Arc<AtomicBool>) {
+async fn upload_dir(
+    api: ApiClient,
+    dir: PathBuf,
+    notify: Arc<Notify>,
+    live: Arc<AtomicBool>,
+    doomed: Option<CancellationToken>,
+) {
     let sid = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut backoff = Duration::from_millis(200);
+    let mut fail_closed = false;
+    let mut failing_since: Option<Instant> = None;
     loop {
         let mut names: Vec<String> = match std::fs::read_dir(&dir) {
             Ok(rd) => rd
@@ -432,7 +457,9 @@ async fn upload_dir(api: ApiClient, dir: PathBuf, notify: Arc<Notify>, live: Arc
                 }
             };
             match call(&api, body).await {
-                Ok(_) => {
+                Ok(v) => {
+                    fail_closed = v["FailClosed"].as_bool().unwrap_or(fail_closed);
+                    failing_since = None;
                     let _ = std::fs::remove_file(&path);
                     progressed = true;
                     if name == "end.json" {
@@ -452,6 +479,14 @@ async fn upload_dir(api: ApiClient, dir: PathBuf, notify: Arc<Notify>, live: Arc
                         return;
                     }
                     debug!(session = %sid, error = %text, "recording upload failed; will retry");
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if let Some(d) = &doomed {
+                        if fail_closed && since.elapsed() >= FAIL_CLOSED_GRACE && !d.is_cancelled()
+                        {
+                            warn!(session = %sid, "recording is not durable and fails closed; ending the session");
+                            d.cancel();
+                        }
+                    }
                     failed = true;
                     break;
                 }
@@ -480,7 +515,13 @@ pub fn resume_spooled(agent: &Arc<Agent>) {
             info!(dir = %ent.path().display(), "uploading a recording left from an earlier run");
             let notify = Arc::new(Notify::new());
             let live = Arc::new(AtomicBool::new(false));
-            tokio::spawn(upload_dir(agent.api.clone(), ent.path(), notify, live));
+            tokio::spawn(upload_dir(
+                agent.api.clone(),
+                ent.path(),
+                notify,
+                live,
+                None,
+            ));
         }
     }
 }
@@ -504,6 +545,56 @@ pub async fn conn_event(
             bytes_out: bytes.1,
             error: error.to_string(),
         })
+        .await;
+    }
+}
+
+/// Byte counters of one port connection, shared by its reader and writer, and
+/// the `closed` event they end in.
+#[derive(Clone)]
+pub struct ConnStats {
+    inner: Arc<ConnStatsInner>,
+}
+
+struct ConnStatsInner {
+    rec: Option<Recorder>,
+    stream: u32,
+    remote: String,
+    bytes_in: std::sync::atomic::AtomicU64,
+    bytes_out: std::sync::atomic::AtomicU64,
+}
+
+impl ConnStats {
+    pub fn new(rec: Option<Recorder>, stream: u32, remote: String) -> Self {
+        ConnStats {
+            inner: Arc::new(ConnStatsInner {
+                rec,
+                stream,
+                remote,
+                bytes_in: Default::default(),
+                bytes_out: Default::default(),
+            }),
+        }
+    }
+    pub fn add_in(&self, n: usize) {
+        self.inner.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub fn add_out(&self, n: usize) {
+        self.inner.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub async fn closed(&self) {
+        let i = &self.inner;
+        conn_event(
+            &i.rec,
+            "closed",
+            i.stream,
+            &i.remote,
+            (
+                i.bytes_in.load(Ordering::Relaxed),
+                i.bytes_out.load(Ordering::Relaxed),
+            ),
+            "",
+        )
         .await;
     }
 }

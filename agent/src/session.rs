@@ -24,7 +24,14 @@ use crate::pty::{Pty, ShellSpec};
 use crate::sysinfo;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a finished session waits for its output to be acked. Longer
+/// than the stock agent's 2 s: a client that is resuming (or slow behind a
+/// relay backlog) must still get every byte.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(20);
+/// After `Terminating`, how long to keep reading until the gateway answers
+/// with channel_closed or closes: closing first with unread bytes would reset
+/// the connection and could drop the terminating frame itself.
+const TERMINATE_WAIT: Duration = Duration::from_secs(10);
 /// After the shell exits, how long to keep draining output still in the pty
 /// (background jobs may hold it open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(1500);
@@ -269,12 +276,16 @@ pub async fn run(
 
     let size = early_size.map_or((80, 24), |s| (clamp_dim(s.cols), clamp_dim(s.rows)));
     let rec = crate::recorder::start(&agent, &task, "shell", size).await;
+    let doomed = crate::recorder::doomed(&rec);
     let spec = shell_spec(&agent, &task)?;
     let mut pty = Pty::spawn(&spec)?;
     if let Some(size) = early_size {
         pty.resize(clamp_dim(size.cols), clamp_dim(size.rows));
     }
     for chunk in early_input {
+        if let Some(r) = &rec {
+            r.input(&chunk).await;
+        }
         pty.write(chunk).await;
     }
     let mut exit_rx = pty.take_exit().context("exit receiver")?;
@@ -329,6 +340,12 @@ pub async fn run(
                 drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
             }
             _ = &mut drain, if exit_code.is_some() => break,
+            _ = doomed.cancelled(), if exit_code.is_none() => {
+                let _ = dc.send(PayloadType::Output, Bytes::from_static(crate::recorder::FAIL_CLOSED_MESSAGE)).await;
+                pty.kill();
+                exit_code = Some(1);
+                break;
+            }
             ev = dc.recv() => match ev {
                 None => {
                     pty.kill();
@@ -408,8 +425,7 @@ pub async fn run(
         Bytes::from(serde_json::to_vec(&terminating)?),
     )
     .await?;
-    // Give the driver a moment to write it, or for the gateway's close.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+    let _ = tokio::time::timeout(TERMINATE_WAIT, async {
         while let Some(ev) = dc.recv().await {
             if let ChannelEvent::Disconnected(_) = ev {
                 break;

@@ -342,7 +342,9 @@ fn usage() -> String {
     );
     for v in VERBS {
         let flags: Vec<String> = v.params.iter().map(|(f, _, _)| format!("--{f}")).collect();
-        s.push_str(&format!("  {:<34} {}\n", v.name, flags.join(" ")));
+        let line = format!("  {:<34} {}", v.name, flags.join(" "));
+        s.push_str(line.trim_end());
+        s.push('\n');
     }
     s
 }
@@ -509,6 +511,13 @@ pub fn parse(args: &[String]) -> Result<(&'static str, Value, ConnOpts), ClientE
 
 /// Runs one admin verb; prints the response JSON (nothing for an empty one).
 pub async fn run(args: &[String]) -> Result<i32, ClientError> {
+    if matches!(
+        args.first().map(String::as_str),
+        Some("help" | "--help" | "-h")
+    ) {
+        print!("{}", usage());
+        return Ok(0);
+    }
     let (action, body, conn) = parse(args)?;
     let api = api_client(&conn, tls_config()?)?;
     let resp = api.call_json("iam", "AirlockIAM", action, &body).await?;

@@ -91,7 +91,12 @@ pub async fn start_port_session(
     let resp = api.ssm("StartSession", &start_request_body(args)).await?;
     let info: SessionInfo = serde_json::from_value(resp)
         .map_err(|e| ClientError::BadResponse(format!("StartSession: {e}")))?;
-    crate::port::run(info, tls, port_opts, Some(api), Some(args.target.clone())).await
+    let kms = crate::crypto::KmsEnv {
+        api: Some(api),
+        session_id: info.session_id.clone(),
+        target: Some(args.target.clone()),
+    };
+    crate::port::run(info, tls, port_opts, kms).await
 }
 
 pub async fn terminate_session(opts: &ConnOpts, session_id: &str) -> Result<i32, ClientError> {

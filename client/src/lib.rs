@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod cli;
 pub mod commands;
+pub mod console;
 pub mod crypto;
 pub mod error;
 pub mod handshake;
@@ -154,6 +155,13 @@ pub fn main_entry() -> i32 {
             )
         }
         cli::Command::Admin { args } => run_async(async move { admin::run(&args).await }),
+        cli::Command::Console {
+            duration_seconds,
+            conn,
+        } => {
+            let opts = conn_opts(&conn);
+            run_async(async move { console::run(&opts, duration_seconds).await })
+        }
         cli::Command::Recordings { command, conn } => {
             let opts = conn_opts(&conn);
             run_async(async move { recordings::run(&opts, command).await })
@@ -294,7 +302,12 @@ async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
             unix: None,
             label: String::new(),
         };
-        return port::run(start.session, tls, popts, api, start.target.clone()).await;
+        let kms = crate::crypto::KmsEnv {
+            api,
+            session_id: start.session.session_id.clone(),
+            target: start.target.clone(),
+        };
+        return port::run(start.session, tls, popts, kms).await;
     }
     SessionRunner {
         info: start.session,

@@ -13,7 +13,7 @@ use airlock_proto::handshake::{
     Capabilities, HandshakeRequest, SessionTypeParameters, ACTION_AIRLOCK_CAPABILITIES,
     ACTION_SESSION_TYPE,
 };
-use airlock_proto::reliable::{Config, Event};
+use airlock_proto::reliable::{Config, Event, FEATURE_NO_PAYLOAD_DIGEST};
 use airlock_proto::smux::{self, Cmd, Mux, MuxEvent, MuxRole};
 use airlock_proto::{MessageType, PayloadType, Role};
 use airlock_transport::datachannel::{ChannelEvent, DataChannel, DataSender};
@@ -324,6 +324,15 @@ fn spawn_sender(
     })
 }
 
+/// Whether an Airlock agent offered to drop payload digests.
+fn offers_no_digest(req: &HandshakeRequest) -> bool {
+    req.requested_client_actions
+        .iter()
+        .filter(|a| a.action_type == ACTION_AIRLOCK_CAPABILITIES)
+        .filter_map(|a| serde_json::from_value::<Capabilities>(a.action_parameters.clone()).ok())
+        .any(|c| c.features.iter().any(|f| f == FEATURE_NO_PAYLOAD_DIGEST))
+}
+
 /// Waits for the agent's HandshakeRequest, answers it and returns the mode.
 async fn handshake(
     dc: &mut DataChannel,
@@ -344,10 +353,18 @@ async fn handshake(
                 let req: HandshakeRequest = serde_json::from_slice(&payload)
                     .map_err(|e| ClientError::BadResponse(format!("handshake request: {e}")))?;
                 let mut out = crate::handshake::respond(&req);
+                let no_digest = offers_no_digest(&req);
                 for a in &mut out.response.processed_client_actions {
                     if a.action_type == ACTION_AIRLOCK_CAPABILITIES {
                         if let Some(obj) = a.action_result.as_object_mut() {
                             obj.insert("MaxPayload".into(), PORT_MAX_PAYLOAD.into());
+                            if no_digest {
+                                if let Some(f) =
+                                    obj.get_mut("Features").and_then(|f| f.as_array_mut())
+                                {
+                                    f.push(FEATURE_NO_PAYLOAD_DIGEST.into());
+                                }
+                            }
                         }
                     }
                 }
@@ -361,6 +378,13 @@ async fn handshake(
                         }
                         KmsOutcome::NotRequested => (false, None),
                     };
+                if no_digest {
+                    // The agent accepts digest-less frames from its offer on.
+                    dc.sender()
+                        .set_payload_digest(false, true)
+                        .await
+                        .map_err(|e| ClientError::Transport(e.to_string()))?;
+                }
                 let body = serde_json::to_vec(&out.response).unwrap_or_default();
                 dc.send(PayloadType::HandshakeResponse, Bytes::from(body))
                     .await
@@ -445,21 +469,15 @@ async fn finish_kms(
 }
 
 /// Runs a port session to its end; returns the exit status (0 on normal ends).
-/// `api` (for ResumeSession) lets the session survive network drops and
-/// gateway restarts; without it a drop ends the session. `api` and `target`
-/// also serve GenerateDataKey when an Airlock agent encrypts the session.
+/// `kms.api` (for GenerateDataKey and ResumeSession) lets the session be
+/// encrypted and survive network drops and gateway restarts; without it a
+/// drop ends the session.
 pub async fn run(
     info: SessionInfo,
     tls: Arc<rustls::ClientConfig>,
     opts: PortOptions,
-    api: Option<airlock_transport::api::ApiClient>,
-    target: Option<String>,
+    kms: KmsEnv,
 ) -> Result<i32, ClientError> {
-    let kms = KmsEnv {
-        api: api.clone(),
-        session_id: info.session_id.clone(),
-        target,
-    };
     let ws = ws::connect(&info.stream_url, tls.clone())
         .await
         .map_err(|e| ClientError::Transport(e.to_string()))?;
@@ -469,7 +487,7 @@ pub async fn run(
         Role::Client,
         Config::default(),
     );
-    if let Some(api) = api {
+    if let Some(api) = kms.api.clone() {
         dc.set_redial(
             crate::session::RESUME_GIVE_UP,
             crate::session::resume_dialer(info.clone(), tls, api),
@@ -747,7 +765,7 @@ async fn run_mux(
                 Common::Nothing => {}
                 Common::Data(PayloadType::Output, payload) => {
                     let events = mux
-                        .receive(&payload)
+                        .receive_bytes(payload)
                         .map_err(|e| ClientError::Transport(e.to_string()))?;
                     for e in events {
                         match e {

@@ -148,6 +148,8 @@ pub struct Fetched {
     pub header_bytes: Vec<u8>,
     pub header: RecordingHeader,
     pub end: Option<RecordingEnd>,
+    /// Set when storage's end record disagrees with the gateway's metadata.
+    pub end_mismatch: Option<String>,
     pub chunks: Vec<(u64, Vec<u8>)>,
 }
 
@@ -160,13 +162,30 @@ async fn fetch(api: &ApiClient, sid: &str, progress: bool) -> Result<Fetched, Cl
     let header_bytes = b64(&meta["Header"])?;
     let header = RecordingHeader::parse(&header_bytes)
         .map_err(|e| ClientError::BadResponse(e.to_string()))?;
-    let end = match &meta["End"] {
-        Value::String(_) => Some(
-            serde_json::from_slice(&b64(&meta["End"])?)
-                .map_err(|e| ClientError::BadResponse(format!("end record: {e}")))?,
-        ),
+    let parse_end = |v: &Value| -> Result<Option<RecordingEnd>, ClientError> {
+        match v {
+            Value::String(_) => {
+                Ok(Some(serde_json::from_slice(&b64(v)?).map_err(|e| {
+                    ClientError::BadResponse(format!("end record: {e}"))
+                })?))
+            }
+            _ => Ok(None),
+        }
+    };
+    let stored_end = parse_end(&meta["End"])?;
+    let gateway_end = parse_end(&meta["EndRecord"])?;
+    // The gateway's copy is authoritative: storage alone could be truncated
+    // together with its end record.
+    let end_mismatch = match (&gateway_end, &stored_end) {
+        (Some(g), Some(s)) if g != s => {
+            Some("the end record in storage differs from the gateway's session metadata".into())
+        }
+        (Some(_), None) => {
+            Some("the end record is missing from storage but recorded by the gateway".into())
+        }
         _ => None,
     };
+    let end = gateway_end.or(stored_end);
     let total = meta["Chunks"].as_array().map_or(0, |a| a.len());
     let mut chunks = Vec::with_capacity(total.min(1 << 16));
     let mut from = 0u64;
@@ -199,6 +218,7 @@ async fn fetch(api: &ApiClient, sid: &str, progress: bool) -> Result<Fetched, Cl
         header_bytes,
         header,
         end,
+        end_mismatch,
         chunks,
     })
 }
@@ -278,12 +298,15 @@ pub async fn run(opts: &ConnOpts, cmd: RecordingsCommand) -> Result<i32, ClientE
                 .as_ref()
                 .ok()
                 .map(|k| ChunkOpener::new(k, &f.header.session_id));
-            let report = airlock_recordings::verify::verify(
+            let mut report = airlock_recordings::verify::verify(
                 &f.header_bytes,
                 &f.chunks,
                 f.end.as_ref(),
                 opener.as_ref(),
             );
+            if let Some(m) = &f.end_mismatch {
+                report.problems.push(m.clone());
+            }
             if let Err(e) = &key {
                 eprintln!("warning: cannot unwrap the data key ({e}); checked the hash chain only");
             }

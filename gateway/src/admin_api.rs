@@ -27,6 +27,14 @@ pub const ADMIN_USER: &str = "admin";
 pub const ADMIN_POLICY_ARN: &str = "arn:aws:iam::aws:policy/AdministratorAccess";
 pub const INSTANCE_CORE_ARN: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
 const MAX_KEYS_PER_USER: usize = 2;
+/// IAM's tag quota per user.
+const MAX_TAGS: usize = 50;
+/// A simulation evaluates actions × resources; these bound that product so
+/// one request cannot pin a core.
+const MAX_SIM_ACTIONS: usize = 100;
+const MAX_SIM_RESOURCES: usize = 100;
+const MAX_SIM_POLICIES: usize = 20;
+const MAX_CONTEXT_ENTRIES: usize = 100;
 
 const ADMIN_DOC: &str =
     r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
@@ -170,12 +178,31 @@ impl Args<'_> {
         }
     }
     fn tags(&self) -> Result<Vec<Tag>, ApiError> {
-        match self.v.get("Tags") {
-            None | Some(Value::Null) => Ok(Vec::new()),
+        let tags: Vec<Tag> = match self.v.get("Tags") {
+            None | Some(Value::Null) => Vec::new(),
             Some(t) => {
-                serde_json::from_value(t.clone()).map_err(|e| validation(format!("Tags: {e}")))
+                serde_json::from_value(t.clone()).map_err(|e| validation(format!("Tags: {e}")))?
+            }
+        };
+        if tags.len() > MAX_TAGS {
+            return Err(validation(format!("At most {MAX_TAGS} tags are allowed.")));
+        }
+        for t in &tags {
+            if t.key.is_empty() || t.key.chars().count() > 128 || t.value.chars().count() > 256 {
+                return Err(validation(
+                    "Tag keys must be 1-128 and values 0-256 characters.",
+                ));
             }
         }
+        Ok(tags)
+    }
+    /// [`Args::strings`] with at most `max` entries.
+    fn bounded(&self, k: &str, max: usize) -> Result<Vec<String>, ApiError> {
+        let v = self.strings(k)?;
+        if v.len() > max {
+            return Err(validation(format!("{k} may hold at most {max} entries.")));
+        }
+        Ok(v)
     }
 }
 
@@ -593,12 +620,18 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
         "TagUser" => {
             let name = a.req("UserName")?;
             let tags = a.tags()?;
-            for t in &tags {
-                if t.key.is_empty() || t.key.len() > 128 || t.value.len() > 256 {
-                    return Err(validation(
-                        "Tag keys must be 1-128 and values 0-256 characters.",
-                    ));
-                }
+            let existing = get_user(iam, &name).await?.tags;
+            let merged = existing
+                .iter()
+                .map(|t| &t.key)
+                .chain(tags.iter().map(|t| &t.key))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            if merged > MAX_TAGS {
+                return Err(ApiError::new(
+                    "LimitExceeded",
+                    format!("A user may carry at most {MAX_TAGS} tags."),
+                ));
             }
             if !iam.tag_user(&name, tags).await? {
                 return Err(no_such("user", &name));
@@ -995,6 +1028,11 @@ fn context_entries(a: &Args<'_>) -> Result<Context, ApiError> {
     let list = list
         .as_array()
         .ok_or_else(|| validation("ContextEntries must be a list."))?;
+    if list.len() > MAX_CONTEXT_ENTRIES {
+        return Err(validation(format!(
+            "ContextEntries may hold at most {MAX_CONTEXT_ENTRIES} entries."
+        )));
+    }
     for e in list {
         let name = e
             .get("ContextKeyName")
@@ -1028,6 +1066,11 @@ fn parse_inputs(a: &Args<'_>, key: &str, prefix: &str) -> Result<Vec<Policy>, Ap
             .collect(),
         Some(_) => return Err(validation(format!("{key} must be a list."))),
     };
+    if docs.len() > MAX_SIM_POLICIES {
+        return Err(validation(format!(
+            "{key} may hold at most {MAX_SIM_POLICIES} policies."
+        )));
+    }
     docs.iter()
         .enumerate()
         .map(|(i, d)| parse_policy(&format!("{prefix}.{}", i + 1), d))
@@ -1098,7 +1141,7 @@ fn simulate_custom(a: &Args<'_>) -> ApiResult {
         "PermissionsBoundaryPolicyInputList",
         "PermissionsBoundaryPolicyInputList",
     )?;
-    let actions = a.strings("ActionNames")?;
+    let actions = a.bounded("ActionNames", MAX_SIM_ACTIONS)?;
     if actions.is_empty() {
         return Err(validation("ActionNames must name at least one action."));
     }
@@ -1114,7 +1157,7 @@ fn simulate_custom(a: &Args<'_>) -> ApiResult {
     ok(simulate(
         &id,
         &actions,
-        &a.strings("ResourceArns")?,
+        &a.bounded("ResourceArns", MAX_SIM_RESOURCES)?,
         &ctx,
         "IAM Policy",
     ))
@@ -1154,7 +1197,7 @@ async fn simulate_principal(state: &AppState, a: &Args<'_>) -> ApiResult {
     for p in parse_inputs(a, "PolicyInputList", "PolicyInputList")? {
         id.policies.push(p);
     }
-    let actions = a.strings("ActionNames")?;
+    let actions = a.bounded("ActionNames", MAX_SIM_ACTIONS)?;
     if actions.is_empty() {
         return Err(validation("ActionNames must name at least one action."));
     }
@@ -1174,7 +1217,7 @@ async fn simulate_principal(state: &AppState, a: &Args<'_>) -> ApiResult {
     ok(simulate(
         &id,
         &actions,
-        &a.strings("ResourceArns")?,
+        &a.bounded("ResourceArns", MAX_SIM_RESOURCES)?,
         &ctx,
         "IAM Policy",
     ))
@@ -1251,6 +1294,8 @@ pub async fn apply_declarative(
         }
     };
     for p in &d.policies {
+        check_name("PolicyName", &p.policy_name, 128)
+            .map_err(|e| cfg(format!("policy {:?}: {}", p.policy_name, e.message)))?;
         let doc = doc_text(&p.policy_document);
         parse_policy(&p.policy_name, &doc)
             .map_err(|e| cfg(format!("policy {}: {}", p.policy_name, e.message)))?;
@@ -1283,6 +1328,21 @@ pub async fn apply_declarative(
         (OwnerKind::Role, &d.roles),
     ] {
         for o in list {
+            check_name("Name", &o.name, 64)
+                .map_err(|e| cfg(format!("{} {:?}: {}", kind.as_str(), o.name, e.message)))?;
+            if kind != OwnerKind::User && (!o.groups.is_empty() || !o.tags.is_empty()) {
+                return Err(cfg(format!(
+                    "{} {}: only users take Groups and Tags",
+                    kind.as_str(),
+                    o.name
+                )));
+            }
+            if kind == OwnerKind::Group && o.permissions_boundary.is_some() {
+                return Err(cfg(format!(
+                    "group {}: groups have no permissions boundary",
+                    o.name
+                )));
+            }
             match kind {
                 OwnerKind::Group => {
                     iam.create_group(Group {

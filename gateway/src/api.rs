@@ -476,7 +476,7 @@ async fn start_session(
         return Err(not_connected());
     }
     let agent = state.hub.agent(&target).ok_or_else(not_connected)?;
-    state.recordings.admit_session().await?;
+    crate::recordings::admit_session(state).await?;
     let user = require_user(principal)?;
     let session_id = format!("{user}-{}", hex17());
     let owner = principal.arn(&state.config.aws.account_id);

@@ -12,7 +12,8 @@ use http_body_util::Full;
 
 use base64::Engine;
 
-use crate::server::{AppState, Body};
+use crate::error::ApiError;
+use crate::server::{AppState, Body, ReadRequest};
 use crate::util::random_bytes;
 
 mod assets {
@@ -169,6 +170,69 @@ pub fn serve(state: &AppState, method: &Method, path: &str, secure: bool) -> Res
         ),
     };
     with_headers(r, secure, &nonce)
+}
+
+/// `POST` here, signed (service `ssm`) with a user's long-term key, mints
+/// the short-lived credentials of an `airlock console` sign-in link.
+pub const CREDENTIALS_PATH: &str = "/airlock/v1/console-credentials";
+/// Lifetime bounds of sign-in credentials, seconds (default the minimum).
+pub const MIN_LINK_SECS: i64 = 900;
+pub const MAX_LINK_SECS: i64 = 3600;
+
+/// Issues `ASIA…` credentials for the calling user, like STS
+/// GetSessionToken: same identity and policies, limited lifetime, so a
+/// sign-in link never carries the long-term secret. They cannot mint more
+/// of themselves (no chaining past the expiry), and instances get theirs
+/// from the role-credentials endpoint instead.
+pub async fn credentials(state: &AppState, req: &ReadRequest) -> Result<Response<Body>, ApiError> {
+    let p = crate::auth::authenticate(state, &req.sigv4(), &["ssm"]).await?;
+    let Some(user) = p.user_name() else {
+        return Err(ApiError::access_denied(
+            "Only users may request console sign-in credentials.",
+        ));
+    };
+    if crate::role_creds::RoleCredentialMinter::is_role_key(&p.access_key_id) {
+        return Err(ApiError::access_denied(
+            "Temporary credentials cannot be used to request console sign-in credentials.",
+        ));
+    }
+    let body: serde_json::Value = if req.body.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::validation(format!("Invalid request body: {e}")))?
+    };
+    let secs = match body.get("DurationSeconds") {
+        None | Some(serde_json::Value::Null) => MIN_LINK_SECS,
+        Some(v) => v
+            .as_i64()
+            .filter(|s| (MIN_LINK_SECS..=MAX_LINK_SECS).contains(s))
+            .ok_or_else(|| {
+                ApiError::validation(format!(
+                    "DurationSeconds must be an integer between {MIN_LINK_SECS} and {MAX_LINK_SECS}."
+                ))
+            })?,
+    };
+    let expires_ms = crate::util::now_ms() + secs * 1000;
+    let c = state
+        .role_creds
+        .mint(&p.principal, expires_ms)
+        .ok_or_else(|| {
+            ApiError::validation("The user name is too long for temporary credentials.")
+        })?;
+    tracing::info!(user, access_key_id = %c.access_key_id, expires_ms, "console sign-in credentials issued");
+    Ok(crate::server::json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "Credentials": {
+                "AccessKeyId": c.access_key_id,
+                "SecretAccessKey": c.secret_access_key,
+                "SessionToken": c.session_token,
+                "Expiration": crate::util::ms_to_json(expires_ms),
+            },
+            "Region": state.config.aws.region,
+        }),
+    ))
 }
 
 #[cfg(test)]

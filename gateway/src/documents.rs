@@ -390,7 +390,10 @@ fn validate_inputs(inputs: &Value) -> Result<(), ApiError> {
             | "s3EncryptionEnabled"
             | "cloudWatchEncryptionEnabled"
             | "cloudWatchStreamingEnabled"
-            | "requireEncryption" => boolish(k, v)?,
+            | "requireEncryption"
+            // Airlock recordings (docs/RECORDINGS.md).
+            | "recordInput"
+            | "recordingFailClosed" => boolish(k, v)?,
             "idleSessionTimeout" => minutes(k, v, 60)?,
             "maxSessionDuration" => minutes(k, v, 1440)?,
             "shellProfile" => {

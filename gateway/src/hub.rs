@@ -108,6 +108,9 @@ pub struct Relay {
     pub created_ms: i64,
     /// Set once the agent's data channel has attached.
     pub agent_attached: AtomicBool,
+    /// The agent reported the session task complete: it will not reattach,
+    /// so losing its data channel ends the session instead of waiting.
+    pub agent_done: AtomicBool,
     /// Ms of the last frame relayed in either direction.
     pub last_activity_ms: AtomicI64,
 }
@@ -323,6 +326,7 @@ pub fn new_relay(
         span: tracing::info_span!("session", session_id = %session_id, target = %target, principal = %principal),
         created_ms: now,
         agent_attached: AtomicBool::new(false),
+        agent_done: AtomicBool::new(false),
         last_activity_ms: AtomicI64::new(now),
     }
 }

@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::server::{json_response, AppState, Body, ReadRequest};
 use crate::store::SessionFilter;
 
-mod s3;
+pub mod s3;
 pub use s3::S3Storage;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -30,18 +30,43 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 const MAX_CHUNK: usize = 512 * 1024;
 /// Cap on the chunk bytes returned by one `GetChunks` call.
 const MAX_READ_BATCH: usize = 4 << 20;
-/// The default key recordings are wrapped with, created at gateway start.
+/// The default key recordings are wrapped with, created in the gateway's
+/// KMS before the first recorded session (not at start, so a gateway that
+/// never runs a session holds no keys it was not asked for).
 pub const DEFAULT_KEY_ALIAS: &str = "alias/airlock/recordings";
 
-/// Makes sure the default recordings key exists in the gateway's KMS.
-pub async fn ensure_default_key(state: &AppState) -> Result<(), ApiError> {
-    state
-        .kms
-        .ensure_alias_key(
-            DEFAULT_KEY_ALIAS,
-            "Default key for Airlock session recordings",
-        )
-        .await
+/// Called by StartSession before anything is created: makes sure the
+/// default recordings key exists and, when recordings fail closed, that
+/// storage takes a write right now.
+pub async fn admit_session(state: &AppState) -> Result<(), ApiError> {
+    let rec = &state.recordings;
+    if !rec.config.enabled {
+        return Ok(());
+    }
+    if !rec
+        .default_key_ready
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        state
+            .kms
+            .ensure_alias_key(
+                DEFAULT_KEY_ALIAS,
+                "Default key for Airlock session recordings",
+            )
+            .await?;
+        rec.default_key_ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    rec.admit_session(fails_closed(state).await?).await
+}
+
+/// The config's `fail_closed`, or the `recordingFailClosed` preference.
+async fn fails_closed(state: &AppState) -> Result<bool, ApiError> {
+    if state.recordings.config.fail_closed {
+        return Ok(true);
+    }
+    let prefs = crate::documents::preferences(&state.documents).await?;
+    Ok(crate::documents::input_bool(&prefs, "recordingFailClosed"))
 }
 
 type ApiResult = Result<http::Response<Body>, ApiError>;
@@ -154,6 +179,18 @@ pub trait RecordingStorage: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
     /// A URL naming `key` for DescribeSessions' `OutputUrl.S3OutputUrl`.
     fn url(&self, key: &str) -> String;
+    /// The same store, another bucket (preferences' `s3BucketName`); None
+    /// for backends without buckets.
+    fn for_bucket(&self, _bucket: &str) -> Option<Arc<dyn RecordingStorage>> {
+        None
+    }
+}
+
+/// Where one session's recording lives.
+pub struct Location {
+    pub storage: Arc<dyn RecordingStorage>,
+    /// Ends in `<session-id>/`.
+    pub prefix: String,
 }
 
 /// Objects as files under a root directory, written atomically and fsynced.
@@ -248,11 +285,100 @@ impl RecordingStorage for LocalStorage {
     }
 }
 
+/// Final chain hashes in the gateway database (table `recording_ends`), so a
+/// recording truncated in storage together with its `end.json` is still
+/// detected. Written once per session.
+pub struct EndIndex {
+    conn: std::sync::Mutex<rusqlite::Connection>,
+}
+
+impl EndIndex {
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+        conn.execute_batch(
+            "PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS recording_ends (
+                 session_id TEXT PRIMARY KEY,
+                 end_record BLOB NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS recording_locations (
+                 session_id TEXT PRIMARY KEY,
+                 bucket TEXT NOT NULL,
+                 prefix TEXT NOT NULL
+             );",
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(EndIndex {
+            conn: std::sync::Mutex::new(conn),
+        })
+    }
+
+    /// Ok(true) when stored or already stored identically; Ok(false) when a
+    /// different end record exists.
+    fn record(&self, sid: &str, end: &[u8]) -> Result<bool, ApiError> {
+        let c = self.conn.lock().map_err(|_| ApiError::internal())?;
+        let existing: Option<Vec<u8>> = c
+            .query_row(
+                "SELECT end_record FROM recording_ends WHERE session_id = ?1",
+                [sid],
+                |r| r.get(0),
+            )
+            .ok();
+        if let Some(e) = existing {
+            return Ok(e == end);
+        }
+        c.execute(
+            "INSERT INTO recording_ends (session_id, end_record) VALUES (?1, ?2)",
+            rusqlite::params![sid, end],
+        )
+        .map_err(|e| {
+            tracing::warn!(error = %e, "recording_ends insert");
+            ApiError::internal()
+        })?;
+        Ok(true)
+    }
+
+    fn location(&self, sid: &str) -> Result<Option<(String, String)>, ApiError> {
+        let c = self.conn.lock().map_err(|_| ApiError::internal())?;
+        Ok(c.query_row(
+            "SELECT bucket, prefix FROM recording_locations WHERE session_id = ?1",
+            [sid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok())
+    }
+
+    fn set_location(&self, sid: &str, bucket: &str, prefix: &str) -> Result<(), ApiError> {
+        let c = self.conn.lock().map_err(|_| ApiError::internal())?;
+        c.execute(
+            "INSERT OR IGNORE INTO recording_locations (session_id, bucket, prefix) VALUES (?1, ?2, ?3)",
+            rusqlite::params![sid, bucket, prefix],
+        )
+        .map_err(|e| {
+            tracing::warn!(error = %e, "recording_locations insert");
+            ApiError::internal()
+        })?;
+        Ok(())
+    }
+
+    fn get(&self, sid: &str) -> Result<Option<Vec<u8>>, ApiError> {
+        let c = self.conn.lock().map_err(|_| ApiError::internal())?;
+        Ok(c.query_row(
+            "SELECT end_record FROM recording_ends WHERE session_id = ?1",
+            [sid],
+            |r| r.get(0),
+        )
+        .ok())
+    }
+}
+
 /// The recordings half of the gateway state.
 pub struct Recordings {
     pub config: RecordingsConfig,
     pub storage: Arc<dyn RecordingStorage>,
     prefix: String,
+    default_key_ready: std::sync::atomic::AtomicBool,
+    ends: EndIndex,
 }
 
 impl Recordings {
@@ -294,26 +420,79 @@ impl Recordings {
             config: config.clone(),
             storage,
             prefix,
+            default_key_ready: Default::default(),
+            ends: EndIndex::open(&data_dir.join("gateway.db"))?,
         })
     }
 
-    pub fn session_prefix(&self, session_id: &str) -> String {
-        format!("{}{session_id}/", self.prefix)
+    /// Where `session_id`'s recording lives: the bucket and prefix chosen
+    /// from the preferences when it started, else the configured ones.
+    pub fn location(&self, session_id: &str) -> Result<Location, ApiError> {
+        if let Some((bucket, prefix)) = self.ends.location(session_id)? {
+            let storage = if bucket.is_empty() {
+                self.storage.clone()
+            } else {
+                self.storage
+                    .for_bucket(&bucket)
+                    .unwrap_or_else(|| self.storage.clone())
+            };
+            return Ok(Location {
+                storage,
+                prefix: format!("{prefix}{session_id}/"),
+            });
+        }
+        Ok(Location {
+            storage: self.storage.clone(),
+            prefix: format!("{}{session_id}/", self.prefix),
+        })
+    }
+
+    /// Pins a new recording to the preferences' `s3BucketName` /
+    /// `s3KeyPrefix` (S3 storage only), so later preference changes do not
+    /// lose it.
+    fn choose_location(&self, session_id: &str, prefs: &Value) -> Result<(), ApiError> {
+        if self.config.storage != "s3" {
+            return Ok(());
+        }
+        let get = |k: &str| {
+            prefs
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let (bucket, prefix) = (get("s3BucketName"), get("s3KeyPrefix"));
+        if bucket.is_empty() && prefix.is_empty() {
+            return Ok(());
+        }
+        let prefix = if prefix.is_empty() {
+            self.prefix.clone()
+        } else {
+            normalize_prefix(&prefix)
+        };
+        self.ends.set_location(session_id, &bucket, &prefix)
     }
 
     /// DescribeSessions' `OutputUrl.S3OutputUrl` for a session.
     pub fn output_url(&self, session_id: &str) -> Option<String> {
-        self.config
-            .enabled
-            .then(|| self.storage.url(&self.session_prefix(session_id)))
+        if !self.config.enabled {
+            return None;
+        }
+        let loc = self.location(session_id).ok()?;
+        Some(loc.storage.url(&loc.prefix))
     }
 
     /// One durable put, retried with backoff for `retry_secs`.
-    async fn put_retrying(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+    async fn put_retrying(
+        &self,
+        storage: &dyn RecordingStorage,
+        key: &str,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.retry_secs);
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.storage.put(key, data).await {
+            match storage.put(key, data).await {
                 Ok(()) => return Ok(()),
                 Err(StorageError::Rejected(m)) => return Err(StorageError::Rejected(m)),
                 Err(e) => {
@@ -330,8 +509,8 @@ impl Recordings {
 
     /// Fail-closed admission: a session may start only if storage takes a
     /// probe write now.
-    pub async fn admit_session(&self) -> Result<(), ApiError> {
-        if !self.config.enabled || !self.config.fail_closed {
+    async fn admit_session(&self, fail_closed: bool) -> Result<(), ApiError> {
+        if !fail_closed {
             return Ok(());
         }
         let probe = format!("{}.airlock-probe", self.prefix);
@@ -462,22 +641,27 @@ async fn agent_put(
         return Err(ApiError::new("RecordingDisabled", "Recording is disabled."));
     }
     let (sid, _) = agent_session(state, principal, r).await?;
-    let prefix = rec.session_prefix(&sid);
     let data = decode_b64(r.data.as_ref(), "Data", MAX_CHUNK)?;
+    if r.action == "PutHeader" {
+        let prefs = crate::documents::preferences(&state.documents).await?;
+        rec.choose_location(&sid, &prefs)?;
+    }
+    let loc = rec.location(&sid)?;
+    let prefix = loc.prefix.clone();
     let key = match r.action.as_str() {
         "PutHeader" => {
             airlock_recordings::RecordingHeader::parse(&data)
                 .map_err(|e| ApiError::validation(e.to_string()))?;
             let key = format!("{prefix}header.json");
             // Write once: a header seeds the chain, so it is never replaced.
-            if let Some(existing) = rec.storage.get(&key).await.map_err(storage_error)? {
+            if let Some(existing) = loc.storage.get(&key).await.map_err(storage_error)? {
                 if existing != data {
                     return Err(ApiError::new(
                         "ConflictException",
                         "The recording header already exists.",
                     ));
                 }
-                return ok(json!({"FailClosed": rec.config.fail_closed}));
+                return ok(json!({"FailClosed": fails_closed(state).await?}));
             }
             key
         }
@@ -495,11 +679,19 @@ async fn agent_put(
         _ => {
             let _: airlock_recordings::RecordingEnd = serde_json::from_slice(&data)
                 .map_err(|e| ApiError::validation(format!("End: {e}")))?;
+            if !rec.ends.record(&sid, &data)? {
+                return Err(ApiError::new(
+                    "ConflictException",
+                    "The recording already has a different end record.",
+                ));
+            }
             format!("{prefix}end.json")
         }
     };
-    rec.put_retrying(&key, &data).await.map_err(storage_error)?;
-    ok(json!({"FailClosed": rec.config.fail_closed}))
+    rec.put_retrying(loc.storage.as_ref(), &key, &data)
+        .await
+        .map_err(storage_error)?;
+    ok(json!({"FailClosed": fails_closed(state).await?}))
 }
 
 fn session_arn(state: &AppState, sid: &str) -> String {
@@ -530,8 +722,9 @@ async fn list(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
     let sessions = state.store.list_sessions(f).await?;
     let mut out = Vec::new();
     for s in sessions {
-        let prefix = rec.session_prefix(&s.session_id);
-        let keys = rec.storage.list(&prefix).await.map_err(storage_error)?;
+        let loc = rec.location(&s.session_id)?;
+        let prefix = loc.prefix.clone();
+        let keys = loc.storage.list(&prefix).await.map_err(storage_error)?;
         if !keys.iter().any(|k| k.ends_with("header.json")) {
             continue;
         }
@@ -544,7 +737,7 @@ async fn list(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
             "EndDate": s.end_ms.map(|e| e as f64 / 1000.0),
             "Chunks": keys.iter().filter(|k| k.contains("/chunks/")).count(),
             "Complete": keys.iter().any(|k| k.ends_with("end.json")),
-            "OutputUrl": rec.storage.url(&prefix),
+            "OutputUrl": loc.storage.url(&prefix),
         }));
     }
     ok(json!({"Recordings": out}))
@@ -566,8 +759,9 @@ async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
     )
     .await?;
     let rec = &state.recordings;
-    let prefix = rec.session_prefix(&sid);
-    let keys = rec.storage.list(&prefix).await.map_err(storage_error)?;
+    let loc = rec.location(&sid)?;
+    let prefix = loc.prefix.clone();
+    let keys = loc.storage.list(&prefix).await.map_err(storage_error)?;
     let chunk_seqs: Vec<u64> = keys
         .iter()
         .filter_map(|k| {
@@ -578,7 +772,7 @@ async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
         })
         .collect();
     if r.action == "Get" {
-        let header = rec
+        let header = loc
             .storage
             .get(&format!("{prefix}header.json"))
             .await
@@ -586,17 +780,20 @@ async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
             .ok_or_else(|| {
                 ApiError::new("DoesNotExistException", "No recording for this session.")
             })?;
-        let end = rec
+        let end = loc
             .storage
             .get(&format!("{prefix}end.json"))
             .await
             .map_err(storage_error)?;
+        let end_record = rec.ends.get(&sid)?;
         return ok(json!({
             "SessionId": sid,
             "Header": B64.encode(header),
             "End": end.map(|e| B64.encode(e)),
+            // The gateway's own copy of the final chain hash.
+            "EndRecord": end_record.map(|e| B64.encode(e)),
             "Chunks": chunk_seqs,
-            "OutputUrl": rec.storage.url(&prefix),
+            "OutputUrl": loc.storage.url(&prefix),
         }));
     }
     let from = r.from.unwrap_or(0);
@@ -606,7 +803,7 @@ async fn read(state: &AppState, req: &ReadRequest, principal: &Principal, r: &Re
         if total >= MAX_READ_BATCH {
             break;
         }
-        if let Some(b) = rec
+        if let Some(b) = loc
             .storage
             .get(&chunk_key(&prefix, seq))
             .await

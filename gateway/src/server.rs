@@ -146,9 +146,6 @@ impl Gateway {
             audit,
             role_creds: crate::role_creds::RoleCredentialMinter::new(&root_key),
         });
-        crate::recordings::ensure_default_key(&state)
-            .await
-            .map_err(|e| GatewayError::Config(format!("recordings key: {}", e.message)))?;
         Ok(Gateway {
             state,
             tls,
@@ -422,6 +419,8 @@ async fn route_inner(
         crate::recordings::handle(&state, &rr).await
     } else if rr.path == crate::role_creds::PATH {
         crate::role_creds::handle(&state, &rr).await
+    } else if rr.path == crate::console::CREDENTIALS_PATH {
+        crate::console::credentials(&state, &rr).await
     } else if rr.path == "/airlock/v1/register" {
         crate::api::register(&state, &rr).await
     } else if let Some(id) = rr.path.strip_prefix("/v1/control-channel/") {

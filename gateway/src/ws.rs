@@ -302,6 +302,22 @@ async fn handle_control_frame(state: &AppState, ws: &mut Ws, instance_id: &str, 
                 "The agent reported the session task failed.",
             )
             .await;
+        } else if relay.target == instance_id {
+            // Finished: the agent will not reattach. If its data channel is
+            // already gone (its terminating frame lost with the socket), end
+            // now; else the data channel's end does (see agent_side).
+            relay
+                .agent_done
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if !relay.is_attached(Side::Agent) {
+                end_session(
+                    state,
+                    &done.task_id,
+                    "Terminated",
+                    "Session ended by the agent.",
+                )
+                .await;
+            }
         }
     }
 }
@@ -472,6 +488,15 @@ async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
         }
     }
     drop(att);
+    if matches!(end, End::Lost) && relay.agent_done.load(std::sync::atomic::Ordering::Relaxed) {
+        end_session(
+            &state,
+            &relay.session_id,
+            "Terminated",
+            "Session ended by the agent.",
+        )
+        .await;
+    }
     match end {
         End::Cancelled if shutting_down(&state, &relay) => close_for_restart(&mut ws).await,
         End::Cancelled => send_closed(&mut ws, &relay, &relay.target).await,

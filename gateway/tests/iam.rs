@@ -403,3 +403,56 @@ async fn expired_role_credentials_are_refused() {
     assert_eq!(s, 201, "{body}");
     gw.shutdown.cancel();
 }
+
+#[tokio::test]
+async fn admin_api_bounds_hostile_input() {
+    let dir = TempDir::new();
+    let gw = start(&dir.0, None).await;
+    let doc =
+        r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"*"}}"#;
+    let actions: Vec<String> = (0..101).map(|i| format!("ssm:Action{i}")).collect();
+    let (s, v) = call(
+        &gw,
+        "iam",
+        "AirlockIAM.SimulateCustomPolicy",
+        json!({"PolicyInputList": [doc], "ActionNames": actions}),
+        &gw.admin,
+    )
+    .await;
+    assert_eq!(
+        (s, v["__type"].as_str()),
+        (400, Some("ValidationError")),
+        "{v}"
+    );
+    let tags: Vec<Value> = (0..51)
+        .map(|i| json!({"Key": format!("k{i}"), "Value": "v"}))
+        .collect();
+    let (s, v) = call(
+        &gw,
+        "iam",
+        "AirlockIAM.CreateUser",
+        json!({"UserName": "t", "Tags": tags}),
+        &gw.admin,
+    )
+    .await;
+    assert_eq!(
+        (s, v["__type"].as_str()),
+        (400, Some("ValidationError")),
+        "{v}"
+    );
+    // Wrong member types and unknown actions are AWS-style errors, not panics.
+    for (target, body) in [
+        ("AirlockIAM.CreateUser", json!({"UserName": 5})),
+        ("AirlockIAM.CreateUser", json!([1, 2])),
+        (
+            "AirlockIAM.PutUserPolicy",
+            json!({"UserName": "admin", "PolicyName": "p", "PolicyDocument": "{"}),
+        ),
+        ("AirlockIAM.Nope", json!({})),
+    ] {
+        let (s, v) = call(&gw, "iam", target, body, &gw.admin).await;
+        assert_eq!(s, 400, "{target}: {v}");
+        assert!(v["__type"].is_string() && v["message"].is_string(), "{v}");
+    }
+    gw.shutdown.cancel();
+}

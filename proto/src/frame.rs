@@ -226,6 +226,14 @@ impl Frame {
 
     /// Serializes header + payload, computing the digest.
     pub fn encode(&self) -> Result<Bytes, FrameError> {
+        self.encode_opts(true)
+    }
+
+    /// Like [`Frame::encode`]; without `digest` the digest field is zero.
+    /// Only for peers that negotiated the Airlock fast path (the digest is
+    /// an unkeyed checksum under TLS: it costs a SHA-256 pass per byte on
+    /// each end and protects nothing TLS does not).
+    pub fn encode_opts(&self, digest: bool) -> Result<Bytes, FrameError> {
         let ty = self.message_type.as_str().as_bytes();
         if ty.is_empty() {
             return Err(FrameError::EmptyMessageType);
@@ -251,7 +259,11 @@ impl Frame {
         let id = self.message_id.as_bytes();
         out.put_slice(&id[8..16]);
         out.put_slice(&id[0..8]);
-        out.put_slice(digest::digest(&digest::SHA256, &self.payload).as_ref());
+        if digest {
+            out.put_slice(digest::digest(&digest::SHA256, &self.payload).as_ref());
+        } else {
+            out.put_bytes(0, 32);
+        }
         out.put_u32(self.payload_type.to_u32());
         // len <= MAX_PAYLOAD_LEN, which fits in u32.
         out.put_u32(len as u32);
@@ -264,6 +276,16 @@ impl Frame {
     /// publication messages, as the stock plugin does. Zero-copy: the payload
     /// is a slice of `buf`.
     pub fn decode(buf: Bytes, max_payload: usize) -> Result<Frame, FrameError> {
+        Frame::decode_opts(buf, max_payload, false)
+    }
+
+    /// Like [`Frame::decode`]; with `allow_missing_digest` an all-zero
+    /// digest field is accepted unchecked (see [`Frame::encode_opts`]).
+    pub fn decode_opts(
+        buf: Bytes,
+        max_payload: usize,
+        allow_missing_digest: bool,
+    ) -> Result<Frame, FrameError> {
         let header = Header::parse(&buf)?;
         let max = max_payload.min(MAX_PAYLOAD_LEN);
         // Header::parse guarantees payload_start <= buf.len().
@@ -286,7 +308,9 @@ impl Frame {
         }
         let payload = buf.slice(header.payload_start..);
         // Like the plugin, an empty payload's digest is not checked.
+        let skip = allow_missing_digest && header.digest == [0u8; 32];
         if !publication
+            && !skip
             && !payload.is_empty()
             && digest::digest(&digest::SHA256, &payload).as_ref() != header.digest
         {
@@ -434,6 +458,35 @@ mod tests {
         assert_eq!(
             peek_message_type(&vector_bytes()).unwrap(),
             MessageType::InputStreamData
+        );
+    }
+
+    #[test]
+    fn digest_can_be_omitted_only_when_allowed() {
+        let f = Frame::new(
+            MessageType::InputStreamData,
+            1,
+            0,
+            uuid::Uuid::from_u128(9),
+            PayloadType::Output,
+            Bytes::from_static(b"fast"),
+            1_700_000_000_000,
+        );
+        let plain = f.encode_opts(false).unwrap();
+        assert_eq!(
+            Frame::decode(plain.clone(), 1024),
+            Err(FrameError::DigestMismatch)
+        );
+        assert_eq!(
+            Frame::decode_opts(plain, 1024, true).unwrap().payload,
+            f.payload
+        );
+        // A wrong non-zero digest is still refused.
+        let mut bad = BytesMut::from(&f.encode().unwrap()[..]);
+        bad[HEADER_LEN - 9] ^= 1;
+        assert_eq!(
+            Frame::decode_opts(bad.freeze(), 1024, true),
+            Err(FrameError::DigestMismatch)
         );
     }
 

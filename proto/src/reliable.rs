@@ -119,7 +119,15 @@ pub struct ReliableChannel {
     undelivered: usize,
     /// `Event::Control` entries in `events`; bounded by [`MAX_PENDING_CONTROL`].
     pending_control: usize,
+    /// Fast path (negotiated): outgoing frames carry no payload digest, and
+    /// incoming ones without a digest are accepted.
+    send_digest: bool,
+    accept_missing_digest: bool,
 }
+
+/// Airlock capability feature: both ends may omit payload digests
+/// ([`ReliableChannel::set_payload_digest`]).
+pub const FEATURE_NO_PAYLOAD_DIGEST: &str = "no_payload_digest";
 
 /// Control frames are never retransmitted by peers, so they are queued until
 /// this many are pending and dropped beyond it (a peer flooding them gains
@@ -161,6 +169,8 @@ impl ReliableChannel {
             events: VecDeque::new(),
             undelivered: 0,
             pending_control: 0,
+            send_digest: true,
+            accept_missing_digest: false,
             config,
         }
     }
@@ -192,7 +202,7 @@ impl ReliableChannel {
             payload,
             self.created_date(now),
         );
-        let encoded = frame.encode()?;
+        let encoded = frame.encode_opts(self.send_digest)?;
         self.next_send_seq = seq.saturating_add(1);
         let deadline = now + self.rto;
         self.unacked.insert(
@@ -228,7 +238,7 @@ impl ReliableChannel {
             payload,
             date,
         );
-        let encoded = frame.encode()?;
+        let encoded = frame.encode_opts(self.send_digest)?;
         self.transmit.push_back(encoded);
         self.stats.frames_sent += 1;
         Ok(())
@@ -241,7 +251,7 @@ impl ReliableChannel {
 
     /// Feeds one received websocket binary message.
     pub fn handle_bytes(&mut self, buf: Bytes, now: Instant) -> Result<(), ProtoError> {
-        let frame = Frame::decode(buf, self.config.max_payload)?;
+        let frame = Frame::decode_opts(buf, self.config.max_payload, self.accept_missing_digest)?;
         self.handle_frame(frame, now)
     }
 
@@ -358,6 +368,15 @@ impl ReliableChannel {
         self.config.max_payload = max_payload.min(MAX_PAYLOAD_LEN);
     }
 
+    /// Payload digests (fast path between Airlock peers): `send` false stops
+    /// computing them for new frames; `accept_missing` accepts frames whose
+    /// digest field is zero. Enable accepting before the peer may stop
+    /// sending them.
+    pub fn set_payload_digest(&mut self, send: bool, accept_missing: bool) {
+        self.send_digest = send;
+        self.accept_missing_digest = accept_missing;
+    }
+
     /// Stream frames sent and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.unacked.len()
@@ -432,7 +451,7 @@ impl ReliableChannel {
             Bytes::from(json),
             self.created_date(now),
         );
-        if let Ok(encoded) = ack_frame.encode() {
+        if let Ok(encoded) = ack_frame.encode_opts(self.send_digest) {
             self.transmit.push_back(encoded);
             self.stats.frames_sent += 1;
         }

@@ -79,9 +79,15 @@ pub fn encode(cmd: Cmd, sid: u32, data: &[u8], out: &mut BytesMut) -> Result<(),
 }
 
 /// Incremental frame decoder over an arbitrarily chunked byte stream.
+/// Chunks pushed as [`Bytes`] are sliced, not copied, for every frame that
+/// lies wholly inside one chunk; only frames split across chunks are
+/// reassembled in a buffer.
 #[derive(Debug)]
 pub struct Decoder {
+    /// Reassembly buffer; while non-empty, `head` is empty.
     buf: BytesMut,
+    /// The unparsed rest of the last chunk pushed as `Bytes`.
+    head: Bytes,
     max_buffered: usize,
 }
 
@@ -91,10 +97,27 @@ impl Default for Decoder {
     }
 }
 
+/// Parses a header: `(cmd, len, sid)`.
+fn parse_header(h: &[u8]) -> Result<Option<(Cmd, usize, u32)>, SmuxError> {
+    let Some(mut h) = h.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let ver = h.get_u8();
+    let cmd = h.get_u8();
+    let len = usize::from(h.get_u16_le());
+    let sid = h.get_u32_le();
+    if ver != VERSION {
+        return Err(SmuxError::Version(ver));
+    }
+    let cmd = Cmd::from_u8(cmd).ok_or(SmuxError::Command(cmd))?;
+    Ok(Some((cmd, len, sid)))
+}
+
 impl Decoder {
     pub fn new(max_buffered: usize) -> Self {
         Decoder {
             buf: BytesMut::new(),
+            head: Bytes::new(),
             max_buffered: max_buffered.max(HEADER_LEN + usize::from(u16::MAX)),
         }
     }
@@ -102,32 +125,61 @@ impl Decoder {
     /// Adds received bytes. Fails (without buffering) when the caller lets
     /// more than the limit pile up without calling [`Decoder::next_frame`].
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), SmuxError> {
-        let total = self.buf.len().saturating_add(chunk.len());
-        if total > self.max_buffered {
-            return Err(SmuxError::Overflow(total));
-        }
+        self.check(chunk.len())?;
+        self.spill();
         self.buf.extend_from_slice(chunk);
         Ok(())
     }
 
+    /// Like [`Decoder::push`], keeping `chunk` to slice frames out of.
+    pub fn push_bytes(&mut self, chunk: Bytes) -> Result<(), SmuxError> {
+        self.check(chunk.len())?;
+        if self.buf.is_empty() && self.head.is_empty() {
+            self.head = chunk;
+        } else {
+            self.spill();
+            self.buf.extend_from_slice(&chunk);
+        }
+        Ok(())
+    }
+
+    fn check(&self, more: usize) -> Result<(), SmuxError> {
+        let total = self.buffered().saturating_add(more);
+        if total > self.max_buffered {
+            return Err(SmuxError::Overflow(total));
+        }
+        Ok(())
+    }
+
+    /// Moves the unparsed chunk into the reassembly buffer.
+    fn spill(&mut self) {
+        if !self.head.is_empty() {
+            self.buf.extend_from_slice(&self.head);
+            self.head = Bytes::new();
+        }
+    }
+
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.head.len()
     }
 
     /// The next complete frame, if any.
     pub fn next_frame(&mut self) -> Result<Option<SmuxFrame>, SmuxError> {
-        let Some(header) = self.buf.get(..HEADER_LEN) else {
+        if !self.head.is_empty() {
+            if let Some((cmd, len, sid)) = parse_header(&self.head)? {
+                if self.head.len() >= HEADER_LEN + len {
+                    self.head.advance(HEADER_LEN);
+                    let data = self.head.split_to(len);
+                    return Ok(Some(SmuxFrame { cmd, sid, data }));
+                }
+            }
+            // A frame continues in the next chunk: reassemble it.
+            self.spill();
+            return Ok(None);
+        }
+        let Some((cmd, len, sid)) = parse_header(&self.buf)? else {
             return Ok(None);
         };
-        let mut h = header;
-        let ver = h.get_u8();
-        let cmd = h.get_u8();
-        let len = usize::from(h.get_u16_le());
-        let sid = h.get_u32_le();
-        if ver != VERSION {
-            return Err(SmuxError::Version(ver));
-        }
-        let cmd = Cmd::from_u8(cmd).ok_or(SmuxError::Command(cmd))?;
         if self.buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
@@ -258,7 +310,12 @@ impl Mux {
 
     /// Feeds received bytes; returns the events they complete.
     pub fn receive(&mut self, chunk: &[u8]) -> Result<Vec<MuxEvent>, SmuxError> {
-        self.decoder.push(chunk)?;
+        self.receive_bytes(Bytes::copy_from_slice(chunk))
+    }
+
+    /// Like [`Mux::receive`]; data of frames inside `chunk` are slices of it.
+    pub fn receive_bytes(&mut self, chunk: Bytes) -> Result<Vec<MuxEvent>, SmuxError> {
+        self.decoder.push_bytes(chunk)?;
         let mut events = Vec::new();
         while let Some(f) = self.decoder.next_frame()? {
             match f.cmd {
@@ -324,6 +381,26 @@ mod tests {
         let mut d = Decoder::default();
         d.push(&[1, 9, 0, 0, 1, 0, 0, 0]).unwrap();
         assert_eq!(d.next_frame(), Err(SmuxError::Command(9)));
+    }
+
+    #[test]
+    fn whole_frames_in_a_chunk_are_sliced_not_copied() {
+        let mut wire = BytesMut::new();
+        encode(Cmd::Psh, 3, b"first", &mut wire).unwrap();
+        encode(Cmd::Psh, 3, b"second", &mut wire).unwrap();
+        let wire = wire.freeze();
+        let mut d = Decoder::default();
+        // All but the last byte: one whole frame, one split.
+        d.push_bytes(wire.slice(..wire.len() - 1)).unwrap();
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!(&f.data[..], b"first");
+        let start = wire.as_ptr() as usize;
+        let at = f.data.as_ptr() as usize;
+        assert!(at >= start && at < start + wire.len(), "payload was copied");
+        assert_eq!(d.next_frame().unwrap(), None);
+        d.push_bytes(wire.slice(wire.len() - 1..)).unwrap();
+        assert_eq!(&d.next_frame().unwrap().unwrap().data[..], b"second");
+        assert_eq!(d.buffered(), 0);
     }
 
     #[test]
@@ -447,7 +524,12 @@ mod tests {
             while !rest.is_empty() {
                 let n = cuts[i % cuts.len()].min(rest.len());
                 i += 1;
-                d.push(&rest[..n]).unwrap();
+                // Alternate the copying and the slicing entry points.
+                if i % 2 == 0 {
+                    d.push(&rest[..n]).unwrap();
+                } else {
+                    d.push_bytes(Bytes::copy_from_slice(&rest[..n])).unwrap();
+                }
                 rest = &rest[n..];
                 while let Some(f) = d.next_frame().unwrap() {
                     got.push(f);

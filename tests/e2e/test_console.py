@@ -2,16 +2,14 @@
 playwright-core from tests/e2e/console/driver.mjs against a real gateway and
 agent on loopback."""
 
-import base64
-import hashlib
 import json
-import time
 import os
 import re
 import shutil
-import subprocess
-import urllib.request
 import ssl
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from conftest import REGION, ROOT, Agent, Gateway, LineReader, binary
+from conftest import REGION, ROOT, Agent, Gateway, LineReader, airlock, binary
+from test_encrypted_sessions import PlainGateway, Tap, encrypt_sessions
 
 DRIVER = Path(__file__).resolve().parent / "console" / "driver.mjs"
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -119,6 +118,23 @@ def test_console_sign_in_link_fragment(gateway, agent):
     assert secret not in r["url"] and r["url"].endswith("/console/#/instances"), r["url"]
 
 
+def test_airlock_console_link_signs_in_with_temporary_credentials(gateway, agent):
+    key, secret = gateway.admin_keys()
+    out = airlock(gateway, "console")
+    assert out.returncode == 0, out.stderr
+    link = out.stdout.decode().strip()
+    assert link.startswith(f"{gateway.url}/console/#/signin?AccessKeyId=ASIA"), link
+    assert secret not in link and key not in link
+    assert b"treat it like a password" in out.stderr
+    r = drive(gateway, "link", instanceId=agent.instance_id, link=link)
+    assert r["whoami"].startswith("ASIA"), r["whoami"]
+    assert "SecretAccessKey" not in r["url"], r["url"]
+    # The lifetime is bounded by the gateway, in its own words.
+    bad = airlock(gateway, "console", "--duration-seconds", "60")
+    assert bad.returncode == 254, bad.stderr
+    assert b"DurationSeconds must be an integer between 900 and 3600" in bad.stderr, bad.stderr
+
+
 def test_console_reconnects_with_resume_session(gateway, agent):
     r = drive(gateway, "reconnect", instanceId=agent.instance_id)
     assert r["resumed"]
@@ -199,77 +215,73 @@ def test_console_denied_user_sees_access_denied(gateway, agent):
     assert "because no identity-based policy allows the ssm:StartSession action" in r["error"], r["error"]
 
 
-def signed_post(gateway, path, key, secret, service, body, target=None):
-    headers = {"Content-Type": "application/x-amz-json-1.1"}
-    if target:
-        headers["X-Amz-Target"] = target
-    req = AWSRequest(method="POST", url=gateway.url + path, data=json.dumps(body), headers=headers)
-    SigV4Auth(Credentials(key, secret), service, REGION).add_auth(req)
-    ctx = ssl.create_default_context(cafile=gateway.ca_bundle)
-    http_req = urllib.request.Request(req.url, data=req.body, headers=dict(req.headers), method="POST")
-    with urllib.request.urlopen(http_req, context=ctx, timeout=10) as r:
-        return json.loads(r.read() or b"{}")
-
-
-def write_recording(gateway, agent, session_id, events):
-    """Writes a recording through the gateway's recordings API with the
-    agent's own credentials, sealed as the recordings crate seals: chunk =
-    "ALRC" | 1 | seq | prev link | nonce | AES-GCM(events, AAD = prefix ‖ sid)."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    reg = json.loads((agent.state_dir / "registration.json").read_text())
-    call = lambda body: signed_post(  # noqa: E731
-        gateway, "/airlock/v1/recordings", reg["AccessKeyId"], reg["SecretAccessKey"], "ssmmessages", body)
-    ctx = {"aws:ssm:SessionId": session_id, "aws:ssm:TargetId": agent.instance_id, "airlock:purpose": "recording"}
-    dk = call({"Action": "GenerateDataKey", "SessionId": session_id, "EncryptionContext": ctx})
-    key = base64.b64decode(dk["Plaintext"])
-    header = json.dumps({
-        "format": 1, "sessionId": session_id, "target": agent.instance_id, "owner": "admin",
-        "kind": "shell", "width": 80, "height": 24, "started": int(time.time()), "recordInput": False,
-        "kmsKeyId": dk["KeyId"], "encryptedDataKey": dk["CiphertextBlob"], "encryptionContext": ctx,
-    }).encode()
-    call({"Action": "PutHeader", "SessionId": session_id, "Data": base64.b64encode(header).decode()})
-    prev = hashlib.sha256(b"airlock-recording-v1\0" + header).digest()
-    for seq, chunk_events in enumerate(events):
-        plain = b"".join(
-            b"o" + int(t * 1e6).to_bytes(8, "big") + len(d).to_bytes(4, "big") + d
-            for t, d in chunk_events
-        )
-        prefix = b"ALRC" + bytes([1]) + seq.to_bytes(8, "big") + prev
-        nonce = os.urandom(12)
-        chunk = prefix + nonce + AESGCM(key).encrypt(nonce, plain, prefix + session_id.encode())
-        call({"Action": "PutChunk", "SessionId": session_id, "Seq": seq, "Data": base64.b64encode(chunk).decode()})
-        prev = hashlib.sha256(prev + chunk).digest()
-    end = json.dumps({"chunks": len(events), "finalHash": prev.hex(), "ended": int(time.time())}).encode()
-    call({"Action": "PutEnd", "SessionId": session_id, "Data": base64.b64encode(end).decode()})
+def recorded_session(gateway, agent, stdin):
+    """Runs a shell with the airlock CLI; the agent records it. Returns the
+    session id once the recording is complete."""
+    out = airlock(gateway, "start-session", "--target", agent.instance_id, stdin=stdin)
+    assert out.returncode == 0, out.stderr
+    sessions = gateway.client().describe_sessions(State="History")["Sessions"]
+    sid = max(sessions, key=lambda s: s["StartDate"])["SessionId"]
+    deadline = time.monotonic() + 60
+    while True:
+        ls = airlock(gateway, "recordings", "list")
+        row = [l.split() for l in ls.stdout.decode().splitlines() if l.startswith(sid)]
+        if row and row[0][4] == "yes":
+            return sid
+        assert time.monotonic() < deadline, f"recording of {sid} not complete: {ls.stdout!r} {ls.stderr!r}"
+        time.sleep(0.2)
 
 
 def test_console_plays_recording_and_search_seeks(gateway, agent):
-    ssm = gateway.client()
-    sid = ssm.start_session(Target=agent.instance_id)["SessionId"]
-    ssm.terminate_session(SessionId=sid)
-    write_recording(gateway, agent, sid, [
-        [(0.5, b"$ echo hello\r\n"), (2.0, b"hello\r\n")],
-        [(5.25, b"\x1b[1mneedle-XYZ\x1b[0m found\r\n"), (7.0, b"bye\r\n")],
-    ])
-    r = drive(gateway, "playback", sessionId=sid, query="needle-xyz")
+    sid = recorded_session(gateway, agent, b"echo start\nsleep 1.5\necho needle-$((6*7))-XYZ\nexit 0\n")
+    # The time of the output event holding the text, from the airlock CLI's
+    # own (Rust) reader's asciicast export, to compare with the page.
+    cast = Path(gateway.data_dir).parent / "rec.cast"
+    exp = airlock(gateway, "recordings", "export", sid, "-o", str(cast))
+    assert exp.returncode == 0, exp.stderr
+    events = [json.loads(l) for l in cast.read_text().splitlines()[1:]]
+    expected = next(t for t, code, data in events if code == "o" and "needle-42-XYZ" in data)
+    assert expected > 1.0, events  # after the sleep: a real offset, not 0
+    r = drive(gateway, "playback", sessionId=sid, query="needle-42-xyz")
     assert "hash chain verified" in r["status"], r["status"]
-    assert "needle-XYZ found" in r["hits"][0], r["hits"]
-    assert abs(r["seekedTo"] - 5.25) < 0.05, r
+    assert "needle-42-XYZ" in r["hits"][0], r["hits"]
+    assert abs(r["seekedTo"] - expected) < 0.002, (r["seekedTo"], expected)
     assert r["cspViolations"] == [], r["cspViolations"]
     assert (ARTIFACTS / "console-playback.png").stat().st_size > 1000
 
 
 def test_console_refuses_an_altered_recording(gateway, agent):
-    ssm = gateway.client()
-    sid = ssm.start_session(Target=agent.instance_id)["SessionId"]
-    ssm.terminate_session(SessionId=sid)
-    write_recording(gateway, agent, sid, [[(0.1, b"one\r\n")], [(0.2, b"two\r\n")]])
-    # Alter one ciphertext byte of chunk 1 where the gateway stored it.
-    [chunk] = [p for p in gateway.data_dir.rglob("000000000001.alrc") if sid in str(p)]
+    sid = recorded_session(gateway, agent, b"echo altered-$((1+1))\nexit 0\n")
+    # Alter one ciphertext byte of chunk 0 where the gateway stored it.
+    chunk = gateway.data_dir / "recordings" / sid / "chunks" / "000000000000.alrc"
     data = bytearray(chunk.read_bytes())
     data[-1] ^= 1
     chunk.write_bytes(bytes(data))
     r = drive(gateway, "playbackRefused", sessionId=sid)
-    assert r["error"] == "chunk 1 failed authentication (altered, or the wrong key)", r["error"]
+    assert r["error"] == "chunk 0 failed authentication (altered, or the wrong key)", r["error"]
     assert r["player"] == 0
+
+def test_console_encrypted_session_relay_sees_no_plaintext(workdir):
+    # Plain HTTP on loopback (still a secure context for WebCrypto) so a tap
+    # between everyone and the gateway can read every byte.
+    gw = PlainGateway(workdir)
+    tap = Tap(int(gw.url.rsplit(":", 1)[1]))
+    gw.url = f"http://127.0.0.1:{tap.port}"
+    try:
+        ag = Agent(gw, workdir)
+        try:
+            encrypt_sessions(gw)
+            marker = "browser-sealed-marker"
+            r = drive(gw, "encrypted", instanceId=ag.instance_id, marker=marker)
+            assert r["encryptedBadge"]
+            assert "exit code 4" in r["status"], r["status"]
+            seen = tap.seen()
+            assert b"TrentService.GenerateDataKey" in seen, "the browser's KMS call must cross the tap"
+            assert b"input_stream_data" in seen and b"output_stream_data" in seen
+            assert marker.encode() not in seen
+            assert f"{marker}-42".encode() not in seen
+        finally:
+            ag.stop()
+    finally:
+        tap.close()
+        gw.stop()

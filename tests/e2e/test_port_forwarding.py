@@ -3,6 +3,7 @@ TCP echo server standing in for the destination."""
 
 import hashlib
 import os
+import re
 import signal
 import socket
 import statistics
@@ -147,13 +148,17 @@ def test_ssh_proxy_pipes_stdio(gateway, agent, echo):
         stop(proc)
 
 
-def test_one_gib_random_sha256_equal(tunnel_to):
+def test_one_gib_random_sha256_equal(tunnel_to, workdir):
     sink = HashSink()
     try:
         tunnel = tunnel_to(sink.port)
         total = 1 << 30
         sent, reply = stream_random(tunnel.port, total)
         assert reply == f"{total} {sent}"
+        # Airlock on both ends: the fast path was negotiated.
+        log = open(os.path.join(workdir, "agent.log"), errors="replace").read()
+        log = re.sub(r"\x1b\[[0-9;]*m", "", log)
+        assert re.search(r"port session.*mux=true chunk=65536 no_digest=true", log), log[-2000:]
     finally:
         sink.close()
 

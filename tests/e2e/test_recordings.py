@@ -265,6 +265,18 @@ def test_shell_recording_plays_verifies_exports_searches_and_detects_tampering(r
     assert bad.returncode == 1, bad.stdout
     assert b"FAILED" in bad.stdout
 
+    # Truncating storage together with its end record is caught by the
+    # gateway's own copy of the final chain hash.
+    chunk.write_bytes(bytes(data[:-5]) + bytes([data[-5] ^ 0x40]) + bytes(data[-4:]))
+    assert rec(rgw, "verify", sid).returncode == 0
+    chunks = sorted((s3.dir / BUCKET / PREFIX / sid / "chunks").iterdir())
+    if len(chunks) > 1:
+        chunks[-1].unlink()
+    (s3.dir / BUCKET / PREFIX / sid / "end.json").unlink()
+    bad = rec(rgw, "verify", sid)
+    assert bad.returncode == 1, bad.stdout
+    assert b"recorded by the gateway" in bad.stdout
+
 
 def test_sigkill_agent_mid_session_keeps_acknowledged_chunks(rgw, ragent, s3):
     sess = Interactive(rgw, ragent.instance_id)
@@ -392,4 +404,83 @@ def test_port_forward_session_yields_connection_events(rgw, ragent, workdir):
     assert closed["remote"] == f"localhost:{echo.port}" or closed["remote"].endswith(f":{echo.port}")
     assert closed["bytes_in"] == len(payload) and closed["bytes_out"] == len(payload), closed
     code, text, _ = search(rgw, "opened", "--session", sid)
+    assert code == 0 and sid in text
+
+
+def test_preferences_enable_input_recording_and_fail_closed(rgw, ragent, s3, workdir):
+    ssm = rgw.client()
+    ssm.create_document(
+        Name="SSM-SessionManagerRunShell", DocumentType="Session", DocumentFormat="JSON",
+        Content=json.dumps({
+            "schemaVersion": "1.0", "description": "prefs", "sessionType": "Standard_Stream",
+            "inputs": {"recordInput": True, "recordingFailClosed": "true"},
+        }),
+    )
+    out = airlock(rgw, "start-session", "--target", ragent.instance_id,
+                  stdin=b"echo typed-$((1+2))\nexit 0\n")
+    assert out.returncode == 0, out.stderr
+    sid = last_session(rgw, ragent.instance_id)["SessionId"]
+    wait_until(lambda: complete(rgw, sid))
+    cast = Path(workdir) / "input.cast"
+    assert rec(rgw, "export", sid, "-o", str(cast)).returncode == 0
+    events = [json.loads(l) for l in cast.read_text().splitlines()[1:]]
+    typed = "".join(e[2] for e in events if e[1] == "i")
+    assert "echo typed-$((1+2))" in typed, events
+
+    # The preference alone (the gateway config fails open) refuses sessions
+    # while storage is down.
+    s3.stop()
+    out = airlock(rgw, "start-session", "--target", ragent.instance_id, stdin=b"exit 0\n")
+    assert out.returncode == 254 and b"RecordingUnavailable" in out.stderr, out.stderr
+    s3.start()
+
+
+def test_fail_closed_ends_a_running_session_when_storage_goes_down(workdir, s3):
+    gw = RecGateway(workdir, s3, fail_closed=True)
+    try:
+        ag = Agent(gw, workdir, name="fc2-agent")
+        sess = Interactive(gw, ag.instance_id)
+        try:
+            sess.send("echo alive-$((3*3))")
+            sess.wait_output("alive-9")
+            s3.stop()
+
+            def ended():
+                if sess.proc.poll() is None:
+                    sess.send("echo still-here")
+                    return False
+                return True
+            wait_until(ended, timeout=90, interval=1.0)
+            wait_until(lambda: b"cannot be made durable" in sess.out, timeout=10)
+        finally:
+            stop(sess.proc)
+            s3.start()
+            ag.stop()
+    finally:
+        gw.stop()
+
+
+def test_preferences_pick_bucket_and_prefix(rgw, ragent, s3):
+    (s3.dir / "team-bucket").mkdir()
+    ssm = rgw.client()
+    ssm.create_document(
+        Name="SSM-SessionManagerRunShell", DocumentType="Session", DocumentFormat="JSON",
+        Content=json.dumps({
+            "schemaVersion": "1.0", "description": "prefs", "sessionType": "Standard_Stream",
+            "inputs": {"s3BucketName": "team-bucket", "s3KeyPrefix": "audit/team-a"},
+        }),
+    )
+    out = airlock(rgw, "start-session", "--target", ragent.instance_id,
+                  stdin=b"echo bucket-$((4*4))\nexit 0\n")
+    assert out.returncode == 0, out.stderr
+    sid = last_session(rgw, ragent.instance_id)["SessionId"]
+    wait_until(lambda: complete(rgw, sid))
+    base = s3.dir / "team-bucket" / "audit" / "team-a" / sid
+    assert (base / "header.json").is_file() and (base / "end.json").is_file()
+    assert not (s3.dir / BUCKET / PREFIX / sid).exists()
+    hist = ssm.describe_sessions(State="History")["Sessions"]
+    url = next(s for s in hist if s["SessionId"] == sid)["OutputUrl"]["S3OutputUrl"]
+    assert url == f"{s3.endpoint}/team-bucket/audit/team-a/{sid}/"
+    assert rec(rgw, "verify", sid).returncode == 0
+    code, text, _ = search(rgw, "bucket-16", "--session", sid)
     assert code == 0 and sid in text

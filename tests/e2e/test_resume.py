@@ -136,18 +136,23 @@ def random_file(workdir):
     return path, hashlib.sha256(data).hexdigest()
 
 
-def start_cat(gateway, target, endpoint, path, out_path):
-    """Starts `airlock start-session` that base64-cats `path`; stdout goes to
-    `out_path` so the test can watch it grow."""
+def start_cat(gateway, target, endpoint, path, out_path, plugin_dir=None):
+    """Starts `airlock start-session` (or, with `plugin_dir`, the AWS CLI
+    with airlock as its session-manager-plugin) that base64-cats `path`;
+    stdout goes to `out_path` so the test can watch it grow."""
     script = (f"stty -echo; echo BEGIN-$((40+2)); base64 -w0 {path}; "
               f"echo; echo END-$((40+3)); exit 0\n").encode()
     out = open(out_path, "wb")
     err = open(str(out_path) + ".err", "wb")
+    env = gateway.env(AIRLOCK_LOG="airlock=info,airlock_client=info")
+    if plugin_dir:
+        env["PATH"] = plugin_dir + os.pathsep + os.environ["PATH"]
+        argv = ["aws", "ssm", "start-session"]
+    else:
+        argv = [binary("airlock"), "start-session"]
     proc = subprocess.Popen(
-        [binary("airlock"), "start-session", "--target", target,
-         "--endpoint-url", endpoint, "--region", REGION],
-        stdin=subprocess.PIPE, stdout=out, stderr=err,
-        env=gateway.env(AIRLOCK_LOG="airlock=info,airlock_client=info"),
+        [*argv, "--target", target, "--endpoint-url", endpoint, "--region", REGION],
+        stdin=subprocess.PIPE, stdout=out, stderr=err, env=env,
     )
     proc.stdin.write(script)
     proc.stdin.flush()
@@ -161,7 +166,7 @@ def received(out_path):
         return 0
 
 
-def assert_file_arrived(proc, out_path, sha):
+def assert_file_arrived(proc, out_path, sha, encoded_bytes=ENCODED_BYTES):
     try:
         code = proc.wait(timeout=TRANSFER_TIMEOUT)
     finally:
@@ -174,7 +179,7 @@ def assert_file_arrived(proc, out_path, sha):
     begin = text.index(b"BEGIN-42")
     end = text.index(b"END-43")
     body = re.sub(rb"\s+", b"", text[begin + len(b"BEGIN-42"):end])
-    assert len(body) == ENCODED_BYTES, (len(body), ENCODED_BYTES)
+    assert len(body) == encoded_bytes, (len(body), encoded_bytes)
     data = base64.b64decode(body, validate=True)
     assert hashlib.sha256(data).hexdigest() == sha
 
@@ -223,6 +228,34 @@ def test_client_tcp_cut_mid_cat_loses_nothing(gateway, agent, random_file, workd
     assert history[-1].startswith("Terminated"), history
 
 
+def test_aws_cli_plugin_mode_resumes_after_a_tcp_cut(gateway, agent, workdir):
+    """The stock AWS CLI with airlock as session-manager-plugin: the plugin
+    gets the endpoint in argv and resumes with ResumeSession by itself."""
+    size = 8 * 1024 * 1024
+    data = os.urandom(size)
+    path = Path(workdir) / "plugin.bin"
+    path.write_bytes(data)
+    plugin_dir = os.path.join(workdir, "plugin-bin")
+    os.makedirs(plugin_dir)
+    os.symlink(binary("airlock"), os.path.join(plugin_dir, "session-manager-plugin"))
+    upstream = int(gateway.url.rsplit(":", 1)[1])
+    proxy = CuttingProxy(upstream)
+    try:
+        out_path = Path(workdir) / "plugin.out"
+        proc = start_cat(gateway, agent.instance_id, f"https://127.0.0.1:{proxy.port}",
+                         path, out_path, plugin_dir=plugin_dir)
+        wait_until(lambda: received(out_path) > 256 * 1024 or proc.poll() is not None,
+                   timeout=120, what="output starting")
+        proxy.arm(2 * 1024 * 1024)
+        assert_file_arrived(proc, out_path, hashlib.sha256(data).hexdigest(),
+                            encoded_bytes=(size + 2) // 3 * 4)
+        assert proxy.cut_at is not None, "the proxy never cut the connection"
+    finally:
+        proxy.close()
+    history = reasons(session_history(gateway))
+    assert "Connected | Connected: client resumed" in history, history
+
+
 def restart_on_same_port(gateway, sig):
     """Stops the gateway with `sig` and starts it again on the port it had
     (bound as 127.0.0.1:0 the first time)."""
@@ -257,6 +290,8 @@ def test_gateway_restart_mid_cat_loses_nothing(gateway, agent, random_file, work
     restored = next(i for i, r in enumerate(history)
                     if r.startswith("Disconnected | Disconnected: gateway restarted"))
     assert any(r.startswith("Connected | Connected: ") for r in history[restored:]), history
+    if sig == signal.SIGTERM:
+        assert any("gateway shutting down" in r for r in history[:restored]), history
     assert history[-1].startswith("Terminated"), history
     sessions = gateway.client().describe_sessions(State="History")["Sessions"]
     assert sessions and sessions[0]["Status"] == "Terminated", sessions

@@ -91,6 +91,11 @@ enum Command {
     Close {
         reply: oneshot::Sender<()>,
     },
+    SetPayloadDigest {
+        send: bool,
+        accept_missing: bool,
+        reply: Reply,
+    },
 }
 
 /// Handle to the driver task. Dropping it stops the task.
@@ -165,6 +170,20 @@ impl DataSender {
     pub async fn set_max_payload(&self, max_payload: usize) -> Result<(), ChannelError> {
         self.command(|reply| Command::SetMaxPayload { max_payload, reply })
             .await?
+    }
+
+    /// Fast path: see `ReliableChannel::set_payload_digest`.
+    pub async fn set_payload_digest(
+        &self,
+        send: bool,
+        accept_missing: bool,
+    ) -> Result<(), ChannelError> {
+        self.command(|reply| Command::SetPayloadDigest {
+            send,
+            accept_missing,
+            reply,
+        })
+        .await?
     }
 }
 
@@ -574,6 +593,14 @@ impl Driver {
             Command::Flush { reply } => self.flush_waiters.push(reply),
             Command::SetMaxPayload { max_payload, reply } => {
                 self.channel.set_max_payload(max_payload);
+                let _ = reply.send(Ok(()));
+            }
+            Command::SetPayloadDigest {
+                send,
+                accept_missing,
+                reply,
+            } => {
+                self.channel.set_payload_digest(send, accept_missing);
                 let _ = reply.send(Ok(()));
             }
             Command::Close { reply } => {

@@ -69,7 +69,7 @@ export async function playerPage({ api, sessionId, setMain, showError }) {
   );
   const query = h('input', { id: 'search', placeholder: 'search output', size: 24 });
   const go = h('button', { type: 'submit', id: 'search-go' }, 'Search');
-  const time = h('span', { id: 'player-time', class: 'muted' }, '0.00 s');
+  const time = h('span', { id: 'player-time', class: 'muted' }, '0.000 s');
   const hitsBox = h('div', { id: 'hits', class: 'hits' });
   const holder = h('div', { id: 'player' });
   const form = h('form', { class: 'toolbar', id: 'search-form' }, h('label', { for: 'speed' }, 'Speed'), speed, query, go, time);
@@ -77,7 +77,7 @@ export async function playerPage({ api, sessionId, setMain, showError }) {
 
   let player = null;
   const showTime = async () => {
-    if (player) time.textContent = `${(await player.getCurrentTime()).toFixed(2)} s`;
+    if (player) time.textContent = `${(await player.getCurrentTime()).toFixed(3)} s`;
   };
   const mount = async (startAt = 0, autoPlay = false) => {
     if (player) player.dispose();

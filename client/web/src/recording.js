@@ -58,18 +58,12 @@ export function decodeEvents(buf) {
 }
 
 async function unwrapKey(api, header) {
-  const body = {
+  // The reader's own credentials: IAM decides with kms:EncryptionContext:*.
+  const r = await api.kms('Decrypt', {
     CiphertextBlob: header.encryptedDataKey,
     EncryptionContext: header.encryptionContext,
-  };
-  let r;
-  try {
-    r = await recordingsCall(api, { Action: 'Decrypt', ...body });
-  } catch (e) {
-    // Gateways whose recordings endpoint lacks Decrypt use the KMS API.
-    if (e.code !== 'UnknownOperationException') throw e;
-    r = await api.kms('Decrypt', { ...body, KeyId: header.kmsKeyId });
-  }
+    KeyId: header.kmsKeyId,
+  });
   const raw = b64decode(r.Plaintext || '');
   if (raw.length !== 32) throw new Error(`recording data key is ${raw.length} bytes, not 32`);
   const key = await crypto.subtle.importKey('raw', raw, 'AES-GCM', false, ['decrypt']);

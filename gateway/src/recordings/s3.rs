@@ -22,6 +22,7 @@ pub const PART_SIZE: usize = 8 << 20;
 const MAX_RESPONSE: usize = 64 << 20;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+#[derive(Clone)]
 pub struct S3Storage {
     endpoint: String,
     host: String,
@@ -369,6 +370,12 @@ impl RecordingStorage for S3Storage {
 
     fn url(&self, key: &str) -> String {
         format!("{}/{}/{}", self.endpoint, self.bucket, key)
+    }
+
+    fn for_bucket(&self, bucket: &str) -> Option<Arc<dyn RecordingStorage>> {
+        let mut other = self.clone();
+        other.bucket = bucket.to_string();
+        Some(Arc::new(other))
     }
 }
 

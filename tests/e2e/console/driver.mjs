@@ -125,6 +125,24 @@ const scenarios = {
     result.status = await page.textContent('#term-status');
   },
 
+  // With session encryption required: the browser gets the data key from
+  // KMS, answers the challenge, and the shell still works.
+  async encrypted(page) {
+    await signIn(page);
+    await startShell(page);
+    await waitTerminal(page, /This session is encrypted using AWS KMS\./, 'the KMS customer message');
+    await typeLine(page, `echo ${cfg.marker}-$((6*7))`);
+    await waitTerminal(page, new RegExp(`^${cfg.marker}-42\\s*$`, 'm'), 'the decrypted answer');
+    result.encryptedBadge = await page.locator('#term-encrypted').isVisible();
+    await typeLine(page, 'exit 4');
+    await waitFor('the session to end', async () => /Session ended/.test(await page.textContent('#term-status')));
+    result.status = await page.textContent('#term-status');
+    if (cfg.artifacts) {
+      mkdirSync(cfg.artifacts, { recursive: true });
+      await page.screenshot({ path: join(cfg.artifacts, 'console-encrypted.png') });
+    }
+  },
+
   // A wrong secret: the API's own words appear, and nothing is stored.
   async denied(page) {
     await signIn(page, `${cfg.secret.slice(0, -4)}XXXX`);
@@ -137,7 +155,7 @@ const scenarios = {
   // signs the tab in and is scrubbed from the address bar.
   async link(page) {
     const q = new URLSearchParams({ AccessKeyId: cfg.accessKeyId, SecretAccessKey: cfg.secret });
-    await page.goto(`${cfg.url}/console/#/signin?${q}`);
+    await page.goto(cfg.link || `${cfg.url}/console/#/signin?${q}`);
     await page.waitForSelector(`tr[data-instance="${cfg.instanceId}"]`, { timeout: TIMEOUT });
     result.url = page.url();
     result.whoami = await page.textContent('#whoami');

@@ -1,0 +1,287 @@
+"""Driver for scripts/bench-tunnel (run that, not this).
+
+Paths measured, each moving the same bytes from a socat sender reading a
+sparse file to a sink process that counts them:
+  direct   sender -> sink
+  socat2   sender -> socat relay -> socat relay -> sink   (-b 131072)
+  airlock  sender -> airlock forward -> gateway -> agent -> sink
+Time is taken at the sink, from its first accept to the last EOF, so data
+still buffered inside a relay is never counted as delivered. CPU is
+utime+stime (+ reaped children, for socat's forked relays) of the relay
+processes, read from /proc before and after each run."""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(os.environ.get("AIRLOCK_BIN_DIR", ROOT / "target" / "release"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+SINK = r"""
+import socket, sys, threading, time
+expect = int(sys.argv[1])
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0))
+srv.listen(256)
+print(srv.getsockname()[1], flush=True)
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        break
+    conns = int(line)
+    totals = [0] * conns
+    first = [None]
+    def drain(i, c):
+        buf = bytearray(1 << 20)
+        n = 0
+        while True:
+            k = c.recv_into(buf)
+            if not k:
+                break
+            n += k
+        totals[i] = n
+        c.close()
+    threads = []
+    for i in range(conns):
+        c, _ = srv.accept()
+        if first[0] is None:
+            first[0] = time.monotonic()
+        t = threading.Thread(target=drain, args=(i, c))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    print(sum(totals), time.monotonic() - first[0], min(totals), max(totals), flush=True)
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def listening(port):
+    want = f":{port:04X} "
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        if cols[1].endswith(want.strip()) and cols[3] == "0A":
+            return True
+    return False
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        # utime stime cutime cstime (fields 14-17, counted from 1)
+        total += sum(int(f) for f in fields[11:15])
+    return total / CLK_TCK
+
+
+def wait_line(proc, pattern, timeout=60):
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"process exited before {pattern!r}")
+        m = regex.search(line.decode(errors="replace"))
+        if m:
+            return m
+    raise SystemExit(f"timed out waiting for {pattern!r}")
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
+        self.procs = []
+
+    def spawn(self, argv, **kw):
+        p = subprocess.Popen(argv, **kw)
+        self.procs.append(p)
+        return p
+
+    def close(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT if p.args[0].endswith("airlock") else signal.SIGTERM)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def start_sink(self):
+        self.sink = self.spawn([sys.executable, "-c", SINK, "0"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE)
+        self.sink_port = int(self.sink.stdout.readline())
+
+    def sparse(self, size):
+        path = self.tmp / f"zero-{size}"
+        if not path.exists():
+            with open(path, "wb") as f:
+                f.truncate(size)
+            # Warm the page cache so the sender never waits for the disk.
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+        return path
+
+    def transfer(self, port, conns, cpu_pids):
+        per = self.args.size_mib * (1 << 20) // conns
+        src = self.sparse(per)
+        self.sink.stdin.write(f"{conns}\n".encode())
+        self.sink.stdin.flush()
+        before = cpu_seconds(cpu_pids)
+        senders = [subprocess.Popen(
+            ["socat", "-u", "-b", "131072", f"OPEN:{src},rdonly", f"TCP:127.0.0.1:{port}"])
+            for _ in range(conns)]
+        for s in senders:
+            if s.wait(timeout=600) != 0:
+                raise SystemExit("sender failed")
+        total, secs, lo, hi = self.sink.stdout.readline().split()
+        total, secs = int(total), float(secs)
+        if total != per * conns:
+            raise SystemExit(f"sink got {total} bytes, expected {per * conns}")
+        cpu = cpu_seconds(cpu_pids) - before
+        return total / secs, cpu / (total / 1e9), int(lo), int(hi)
+
+    def socat_relay(self, target_port):
+        port = free_port()
+        p = self.spawn(["socat", "-b", "131072",
+                        f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
+                        f"TCP:127.0.0.1:{target_port}"])
+        # Poll the kernel's socket table rather than connecting: a probe
+        # connection would be relayed to the sink and counted there.
+        deadline = time.monotonic() + 10
+        while not listening(port):
+            if time.monotonic() > deadline:
+                raise SystemExit("socat relay did not start")
+            time.sleep(0.02)
+        return port, p
+
+    def start_airlock(self):
+        cfg = self.tmp / "gateway.toml"
+        cfg.write_text("[sessions]\nmax_per_target = 64\n")
+        gw = self.spawn([str(BIN / "airlock-gateway"), "--config", str(cfg), "--data-dir",
+                         str(self.tmp / "gw"), "--listen", "127.0.0.1:0"],
+                        stdout=subprocess.PIPE, stderr=open(self.tmp / "gw.log", "wb"),
+                        env={**os.environ, "RUST_LOG": "warn"})
+        url = wait_line(gw, r"listening on (\S+)").group(1)
+        ca = wait_line(gw, r"AWS_CA_BUNDLE=(\S+)").group(1)
+        creds = wait_line(gw, r"admin credentials: (\S+)").group(1)
+        text = Path(creds).read_text()
+        key = re.search(r"aws_access_key_id\s*=\s*(\S+)", text).group(1)
+        secret = re.search(r"aws_secret_access_key\s*=\s*(\S+)", text).group(1)
+        ssm = boto3.client("ssm", endpoint_url=url, region_name="us-east-1",
+                           aws_access_key_id=key, aws_secret_access_key=secret, verify=ca,
+                           config=Config(retries={"max_attempts": 1}))
+        act = ssm.create_activation(IamRole="AirlockManagedInstance")
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+               "AWS_CA_BUNDLE": ca, "AWS_SHARED_CREDENTIALS_FILE": creds,
+               "AWS_CONFIG_FILE": str(self.tmp / "none"), "AWS_REGION": "us-east-1",
+               "RUST_LOG": "warn"}
+        out = subprocess.run([str(BIN / "airlock-agent"), "register", "--gateway", url,
+                              "--activation-id", act["ActivationId"],
+                              "--activation-code", act["ActivationCode"],
+                              "--state-dir", str(self.tmp / "agent")],
+                             env=env, capture_output=True, text=True, check=True)
+        mi = re.search(r"Registered as (mi-[0-9a-f]{17})", out.stdout).group(1)
+        agent = self.spawn([str(BIN / "airlock-agent"), "run", "--state-dir",
+                            str(self.tmp / "agent")], stdout=subprocess.PIPE,
+                           stderr=open(self.tmp / "agent.log", "wb"), env=env)
+        wait_line(agent, rf"agent {mi} connected")
+        client = self.spawn([str(BIN / "airlock"), "forward", mi,
+                             f"0:127.0.0.1:{self.sink_port}", "--endpoint-url", url,
+                             "--region", "us-east-1"],
+                            stdout=subprocess.PIPE, stderr=open(self.tmp / "client.log", "wb"),
+                            env={**env, "AIRLOCK_LOG": "warn"})
+        port = int(wait_line(client, r"Port (\d+) opened").group(1))
+        return port, [gw.pid, agent.pid, client.pid]
+
+
+def fmt_rate(bps):
+    return f"{bps / 1e9:6.2f} GB/s ({bps * 8 / 1e9:5.1f} Gbit/s)"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=2048, help="bytes per run (MiB)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs per path; the median is kept")
+    ap.add_argument("--conns", type=int, default=16, help="parallel connections figure")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--perf", metavar="FILE",
+                    help="only profile one airlock transfer with `perf record` into FILE")
+    args = ap.parse_args()
+    if not (BIN / "airlock").exists():
+        raise SystemExit(f"{BIN}/airlock missing: cargo build --release --bins")
+    b = Bench(args)
+    try:
+        b.start_sink()
+        hop2 = b.socat_relay(b.sink_port)
+        hop1 = b.socat_relay(hop2[0])
+        tunnel_port, tunnel_pids = b.start_airlock()
+        paths = {
+            "direct": (b.sink_port, []),
+            "socat2": (hop1[0], [hop1[1].pid, hop2[1].pid]),
+            "airlock": (tunnel_port, tunnel_pids),
+        }
+        if args.perf:
+            perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", args.perf, "-p",
+                                     ",".join(map(str, tunnel_pids))])
+            time.sleep(1)  # let perf attach; profiling only, nothing is timed here
+            r = b.transfer(tunnel_port, 1, tunnel_pids)
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
+            print(f"airlock 1 conn {fmt_rate(r[0])} {r[1]:.2f} CPU-s/GB; profile in {args.perf}")
+            return
+        results = {}
+        print(f"loopback, {os.cpu_count()} cores, {args.size_mib} MiB per run, "
+              f"median of {args.rounds}; airlock: release build, TLS to the gateway, "
+              "no end-to-end encryption (not built yet)")
+        for conns in (1, args.conns):
+            for name, (port, pids) in paths.items():
+                runs = [b.transfer(port, conns, pids) for _ in range(args.rounds)]
+                rate = statistics.median(r[0] for r in runs)
+                cpu = statistics.median(r[1] for r in runs)
+                fair = min(r[2] / max(r[3], 1) for r in runs)
+                results[(name, conns)] = rate
+                cpu_txt = f"{cpu:5.2f} CPU-s/GB" if pids else "      -       "
+                print(f"{name:8} {conns:2} conn  {fmt_rate(rate)}  {cpu_txt}  "
+                      f"runs: {', '.join(f'{r[0] / 1e9:.2f}' for r in runs)} GB/s"
+                      + (f"  min/max conn bytes {fair:.2f}" if conns > 1 else ""),
+                      flush=True)
+        print()
+        for conns in (1, args.conns):
+            a, s, d = (results[(n, conns)] for n in ("airlock", "socat2", "direct"))
+            verdict = "meets" if a >= 0.6 * s else "BELOW"
+            print(f"{conns:2} conn: airlock/socat2 = {a / s:.2f} ({verdict} the 0.6 target), "
+                  f"airlock/direct = {a / d:.2f}, socat2/direct = {s / d:.2f}")
+    finally:
+        b.close()
+
+
+if __name__ == "__main__":
+    main()
