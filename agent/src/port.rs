@@ -170,7 +170,13 @@ fn spawn_sender(
                     sender.send(PayloadType::Output, b).await?
                 }
                 Out::Flag(f) => sender.send(PayloadType::Flag, flag_payload(f)).await?,
-                Out::Raw(t, b) => sender.send(t, b).await?,
+                Out::Raw(t, b) => {
+                    let b = match &crypto {
+                        Some(c) => c.seal(t, b)?,
+                        None => b,
+                    };
+                    sender.send(t, b).await?
+                }
             }
         }
         Ok(())

@@ -310,7 +310,7 @@ def test_agent_without_decrypt_gets_a_clear_error(gateway, agent):
 
 
 def test_encrypted_port_forward_between_airlock_ends(tapped, workdir):
-    from test_port_forwarding import DOC_REMOTE, EchoServer, Tunnel
+    from portutil import DOC_REMOTE, EchoServer, Tunnel
 
     gw, tap = tapped
     agent = Agent(gw, workdir)
@@ -342,7 +342,7 @@ def test_encrypted_port_forward_between_airlock_ends(tapped, workdir):
 
 
 def test_required_encryption_refuses_a_port_session_that_cannot_encrypt(gateway, agent):
-    from test_port_forwarding import DOC_REMOTE
+    from portutil import DOC_REMOTE
 
     encrypt_sessions(gateway, requireEncryption=True)
     ak, sk = make_user(gateway, "nokmsport", SESSION_STATEMENTS)
