@@ -2,9 +2,11 @@
 
 mod agent;
 mod control;
+mod crypto;
 mod port;
 mod port_policy;
 mod pty;
+mod recorder;
 mod register;
 mod session;
 mod state;
@@ -161,8 +163,11 @@ async fn main() -> Result<()> {
                 tls,
                 shell,
                 run_as,
+                role: Default::default(),
                 port_policy,
+                state_dir: state_dir.clone(),
             });
+            recorder::resume_spooled(&agent);
             let root = CancellationToken::new();
             let tracker = TaskTracker::new();
             let control = control::Control::new(agent, root.clone(), tracker.clone());

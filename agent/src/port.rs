@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
+use crate::crypto::AgentCrypto;
 use crate::port_policy::Policy;
 use crate::session::{is_channel_closed, Link, Outcome};
 use crate::sysinfo;
@@ -156,11 +157,18 @@ enum Out {
 fn spawn_sender(
     sender: DataSender,
     mut rx: mpsc::Receiver<Out>,
+    crypto: Option<AgentCrypto>,
 ) -> tokio::task::JoinHandle<Result<()>> {
     tokio::spawn(async move {
         while let Some(o) = rx.recv().await {
             match o {
-                Out::Output(b) => sender.send(PayloadType::Output, b).await?,
+                Out::Output(b) => {
+                    let b = match &crypto {
+                        Some(c) => c.seal(PayloadType::Output, b)?,
+                        None => b,
+                    };
+                    sender.send(PayloadType::Output, b).await?
+                }
                 Out::Flag(f) => sender.send(PayloadType::Flag, flag_payload(f)).await?,
                 Out::Raw(t, b) => sender.send(t, b).await?,
             }
@@ -197,7 +205,9 @@ pub async fn run(
 
     let properties = task.document_content.properties.clone();
     let started = Instant::now();
-    let request = HandshakeRequest {
+    let kms = crate::crypto::settings(&task);
+    let kms_challenge = crate::crypto::random_challenge()?;
+    let mut request = HandshakeRequest {
         agent_version: sysinfo::agent_version(),
         requested_client_actions: vec![
             RequestedClientAction {
@@ -213,6 +223,13 @@ pub async fn run(
             },
         ],
     };
+    if let (Some(k), Some(caps)) = (&kms, request.requested_client_actions.get_mut(1)) {
+        crate::crypto::port_capability_params(
+            &mut caps.action_parameters,
+            &k.key_id,
+            &kms_challenge,
+        );
+    }
     // Offering the feature: an Airlock client may stop sending digests as
     // soon as it has answered, before we have read its answer.
     dc.sender().set_payload_digest(true, true).await?;
@@ -222,7 +239,7 @@ pub async fn run(
     )
     .await?;
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    let peer = loop {
+    let (peer, response) = loop {
         let ev = tokio::select! {
             ev = dc.recv() => ev,
             _ = cancel.cancelled() => { dc.close().await; return Ok(Outcome::Cancelled) }
@@ -243,7 +260,7 @@ pub async fn run(
                 {
                     bail!("client refused the Port session: {}", a.error);
                 }
-                break peer_from(&resp);
+                break (peer_from(&resp), resp);
             }
             Some(ChannelEvent::Proto(Event::Data { .. })) => {}
             Some(ChannelEvent::Proto(Event::Control(frame))) => {
@@ -255,13 +272,39 @@ pub async fn run(
             Some(ChannelEvent::Disconnected(_)) => link.reconnect(&dc).await?,
         }
     };
+    let mut crypto = None;
+    if let Some(k) = &kms {
+        use crate::crypto::Negotiated;
+        let n = crate::crypto::negotiate(
+            &mut dc,
+            &agent,
+            &task,
+            k,
+            &kms_challenge,
+            Some(&response),
+            true,
+            &link,
+            0,
+        );
+        match n.await? {
+            Negotiated::Encrypted(c, _) => crypto = Some(c),
+            Negotiated::Plain => {}
+            Negotiated::Closed => {
+                dc.close().await;
+                return Ok(Outcome::Cancelled);
+            }
+        }
+    }
     // Digests stay on (and required) unless the client took the feature.
     dc.sender()
         .set_payload_digest(!peer.no_digest, peer.no_digest)
         .await?;
     let complete = HandshakeComplete {
         handshake_time_to_complete: i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX),
-        customer_message: String::new(),
+        customer_message: match crypto {
+            Some(_) => crate::crypto::CUSTOMER_MESSAGE.into(),
+            None => String::new(),
+        },
     };
     dc.send(
         PayloadType::HandshakeComplete,
@@ -285,13 +328,16 @@ pub async fn run(
     info!(%host, port, mux, chunk, no_digest = peer.no_digest, client_version = %peer.version, "port session");
 
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-    let pump = spawn_sender(dc.sender(), out_rx);
+    let pump = spawn_sender(dc.sender(), out_rx, crypto.clone());
+    let rec = crate::recorder::start(&agent, &task, "port", (0, 0)).await;
     let dest = Arc::new(Dest {
         host,
         port,
         chunk,
         policy: agent.port_policy.clone(),
         airlock_peer: peer.airlock,
+        rec: rec.clone(),
+        crypto,
     });
     let result = if mux {
         run_mux(&mut dc, &link, &dest, out_tx, &cancel).await
@@ -300,6 +346,8 @@ pub async fn run(
     };
     // The pump ends once every sender is gone; let it drain.
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, pump).await;
+    drop(dest);
+    crate::session::finish(&rec).await;
     match result {
         Ok(true) => {
             dc.close().await;
@@ -336,6 +384,18 @@ struct Dest {
     chunk: usize,
     policy: Policy,
     airlock_peer: bool,
+    rec: Option<crate::recorder::Recorder>,
+    /// Set when the session is KMS-encrypted (Airlock client, `kms_port`).
+    crypto: Option<AgentCrypto>,
+}
+
+impl Dest {
+    fn open(&self, payload_type: PayloadType, payload: Bytes) -> Result<Bytes> {
+        match &self.crypto {
+            Some(c) => c.open(payload_type, payload),
+            None => Ok(payload),
+        }
+    }
 }
 
 enum Internal {
@@ -373,6 +433,7 @@ async fn run_mux(
                 None => bail!("data channel stopped"),
                 Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
                     PayloadType::Output => {
+                        let payload = dest.open(payload_type, payload)?;
                         let events = match mux.receive_bytes(payload) {
                             Ok(e) => e,
                             Err(e) => bail!("{e}"),
@@ -389,6 +450,7 @@ async fn run_mux(
                                         rx,
                                         out_tx.clone(),
                                         int_tx.clone(),
+                                        dest.rec.clone(),
                                     ));
                                 }
                                 MuxEvent::Data(sid, data) => {
@@ -441,6 +503,9 @@ fn fin_frame(sid: u32) -> Bytes {
     b.freeze()
 }
 
+// The recorder rides along as one more argument; bundling them would only
+// move the same list into a struct.
+#[allow(clippy::too_many_arguments)]
 async fn stream_task(
     sid: u32,
     dest: Arc<Dest>,
@@ -448,10 +513,13 @@ async fn stream_task(
     mut rx: mpsc::Receiver<Bytes>,
     out: mpsc::Sender<Out>,
     internal: mpsc::Sender<Internal>,
+    rec: Option<crate::recorder::Recorder>,
 ) {
+    let remote = format!("{}:{}", dest.host, dest.port);
     let conn = match dial(&dest.policy, &dest.host, dest.port).await {
         Ok(c) => c,
         Err(e) => {
+            crate::recorder::conn_event(&rec, "error", sid, &remote, (0, 0), &e).await;
             warn!(stream = sid, error = %e, "dial failed");
             let _ = out.send(connect_error(&e, dest.airlock_peer)).await;
             let _ = out.send(Out::Output(fin_frame(sid))).await;
@@ -460,20 +528,26 @@ async fn stream_task(
         }
     };
     debug!(stream = sid, "stream connected");
+    crate::recorder::conn_event(&rec, "opened", sid, &remote, (0, 0), "").await;
     let (mut rd, mut wr) = conn.into_split();
     let writer = tokio::spawn(async move {
+        let mut written = 0u64;
         while let Some(b) = rx.recv().await {
             if wr.write_all(&b).await.is_err() {
-                return;
+                return written;
             }
+            written += b.len() as u64;
         }
         let _ = wr.shutdown().await;
+        written
     });
+    let mut read_total = 0u64;
     let mut buf = vec![0u8; read_size];
     loop {
         match rd.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                read_total += n as u64;
                 let mut frame = BytesMut::with_capacity(smux::HEADER_LEN + n);
                 let data = buf.get(..n).unwrap_or(&[]);
                 if smux::encode(Cmd::Psh, sid, data, &mut frame).is_err() {
@@ -489,7 +563,8 @@ async fn stream_task(
     let _ = out.send(Out::Output(fin_frame(sid))).await;
     let _ = internal.send(Internal::Closed(sid)).await;
     // The writer ends when the main loop drops its sender.
-    let _ = writer.await;
+    let written = writer.await.unwrap_or(0);
+    crate::recorder::conn_event(&rec, "closed", sid, &remote, (written, read_total), "").await;
 }
 
 /// Basic mode: one TCP connection at a time. Returns Ok(true) when cancelled.
@@ -503,6 +578,7 @@ async fn run_basic(
     struct Conn {
         writer: mpsc::Sender<Bytes>,
         reader: tokio::task::JoinHandle<()>,
+        stats: crate::recorder::ConnStats,
     }
     let (eof_tx, mut eof_rx) = mpsc::channel::<u64>(4);
     let mut generation = 0u64;
@@ -510,24 +586,39 @@ async fn run_basic(
     let connect = |generation: u64| {
         let out_tx = out_tx.clone();
         let eof_tx = eof_tx.clone();
+        let rec = dest.rec.clone();
         async move {
-            let conn = dial(&dest.policy, &dest.host, dest.port).await?;
+            let remote = format!("{}:{}", dest.host, dest.port);
+            let stream = generation as u32;
+            let conn = match dial(&dest.policy, &dest.host, dest.port).await {
+                Ok(c) => c,
+                Err(e) => {
+                    crate::recorder::conn_event(&rec, "error", stream, &remote, (0, 0), &e).await;
+                    return Err(e);
+                }
+            };
+            crate::recorder::conn_event(&rec, "opened", stream, &remote, (0, 0), "").await;
+            let stats = crate::recorder::ConnStats::new(rec, stream, remote);
             let (mut rd, mut wr) = conn.into_split();
             let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+            let wstats = stats.clone();
             tokio::spawn(async move {
                 while let Some(b) = rx.recv().await {
                     if wr.write_all(&b).await.is_err() {
                         return;
                     }
+                    wstats.add_in(b.len());
                 }
                 let _ = wr.shutdown().await;
             });
+            let rstats = stats.clone();
             let reader = tokio::spawn(async move {
                 let mut buf = vec![0u8; read_size];
                 loop {
                     match rd.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
+                            rstats.add_out(n);
                             let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or(&[]));
                             if out_tx.send(Out::Output(data)).await.is_err() {
                                 return;
@@ -537,7 +628,11 @@ async fn run_basic(
                 }
                 let _ = eof_tx.send(generation).await;
             });
-            Ok::<Conn, String>(Conn { writer: tx, reader })
+            Ok::<Conn, String>(Conn {
+                writer: tx,
+                reader,
+                stats,
+            })
         }
     };
     let mut conn = match connect(generation).await {
@@ -561,6 +656,7 @@ async fn run_basic(
                 None => bail!("data channel stopped"),
                 Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
                     PayloadType::Output => {
+                        let payload = dest.open(payload_type, payload)?;
                         if conn.is_none() {
                             generation += 1;
                             match connect(generation).await {
@@ -581,6 +677,7 @@ async fn run_basic(
                     PayloadType::Flag => match parse_flag(&payload) {
                         Some(FLAG_DISCONNECT_TO_PORT) => {
                             if let Some(c) = conn.take() {
+                                c.stats.closed().await;
                                 c.reader.abort();
                             }
                         }
@@ -610,6 +707,7 @@ async fn run_basic(
         })
         .await;
         c.reader.abort();
+        c.stats.closed().await;
     }
     Ok(outcome)
 }

@@ -13,7 +13,7 @@ use airlock_proto::messages::{
 };
 use airlock_proto::reliable::{Config, Event};
 use airlock_proto::{MessageType, PayloadType, Role};
-use airlock_transport::datachannel::{ChannelEvent, DataChannel};
+use airlock_transport::datachannel::{ChannelEvent, DataChannel, Redial};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -24,11 +24,19 @@ use crate::pty::{Pty, ShellSpec};
 use crate::sysinfo;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a finished session waits for its output to be acked. Longer
+/// than the stock agent's 2 s: a client that is resuming (or slow behind a
+/// relay backlog) must still get every byte.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(20);
+/// After `Terminating`, how long to keep reading until the gateway answers
+/// with channel_closed or closes: closing first with unread bytes would reset
+/// the connection and could drop the terminating frame itself.
+const TERMINATE_WAIT: Duration = Duration::from_secs(10);
 /// After the shell exits, how long to keep draining output still in the pty
 /// (background jobs may hold it open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(1500);
-const RECONNECT_ATTEMPTS: u32 = 5;
+/// How long a dropped data channel is redialed before the session is given up.
+const RESUME_GIVE_UP: Duration = Duration::from_secs(120);
 /// Input bytes kept from before the handshake completes.
 const MAX_EARLY_INPUT: usize = 64 * 1024;
 const MAX_PAYLOAD: usize = airlock_proto::frame::STOCK_PAYLOAD_SIZE;
@@ -71,32 +79,30 @@ impl Link<'_> {
         Ok((ws, serde_json::to_string(&open)?))
     }
 
-    /// Fresh token + socket after a drop: a few attempts with short backoff.
+    /// Fresh token + socket after a drop, with jittered backoff for up to
+    /// [`RESUME_GIVE_UP`] (a gateway restart takes a while); the pty or port
+    /// streams keep running meanwhile. A 4xx answer to the token POST (the
+    /// session is over, or not ours) stops at once.
     pub(crate) async fn reconnect(&self, dc: &DataChannel) -> Result<()> {
-        let mut delay = Duration::from_millis(150);
-        let mut last = None;
-        for attempt in 1..=RECONNECT_ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            match self.open().await {
-                Ok((ws, open)) => {
-                    dc.reconnect(ws, open)
-                        .await
-                        .context("data channel reconnect")?;
-                    info!(attempt, "data channel reconnected");
-                    return Ok(());
-                }
-                Err(e) => {
+        let r = dc
+            .redial(RESUME_GIVE_UP, || async {
+                self.open().await.map_err(|e| {
                     let text = format!("{e:#}");
-                    if text.contains("Session is already terminated") {
-                        bail!("{text}");
+                    if text.contains(" answered HTTP 4") {
+                        Redial::Stop(text)
+                    } else {
+                        Redial::Retry(text)
                     }
-                    debug!(attempt, error = %text, "data channel reconnect failed");
-                    last = Some(e);
-                }
+                })
+            })
+            .await;
+        match r {
+            Ok(attempt) => {
+                info!(attempt, "data channel reconnected");
+                Ok(())
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
+            Err(e) => bail!("data channel reconnect: {e}"),
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("reconnect failed")))
     }
 }
 
@@ -133,7 +139,9 @@ pub async fn run(
 
     // Handshake.
     let started = Instant::now();
-    let request = HandshakeRequest {
+    let kms = crate::crypto::settings(&task);
+    let kms_challenge = crate::crypto::random_challenge()?;
+    let mut request = HandshakeRequest {
         agent_version: sysinfo::agent_version(),
         requested_client_actions: vec![
             RequestedClientAction {
@@ -149,6 +157,10 @@ pub async fn run(
             },
         ],
     };
+    if let Some(k) = &kms {
+        let action = crate::crypto::kms_action(&k.key_id, &kms_challenge);
+        request.requested_client_actions.insert(1, action);
+    }
     dc.send(
         PayloadType::HandshakeRequest,
         Bytes::from(serde_json::to_vec(&request)?),
@@ -159,6 +171,7 @@ pub async fn run(
     let mut early_input: Vec<Bytes> = Vec::new();
     let mut early_len = 0usize;
     let mut early_size: Option<TerminalSize> = None;
+    let mut response: Option<HandshakeResponse> = None;
     loop {
         let ev = tokio::select! {
             ev = dc.recv() => ev,
@@ -176,6 +189,7 @@ pub async fn run(
             })) => match serde_json::from_slice::<HandshakeResponse>(&payload) {
                 Ok(resp) => {
                     exit_code_ok = accepts_exit_code(&resp);
+                    response = Some(resp);
                     break;
                 }
                 Err(e) => {
@@ -216,9 +230,42 @@ pub async fn run(
             }
         }
     }
+    let mut crypto = None;
+    if let Some(k) = &kms {
+        use crate::crypto::Negotiated;
+        let max_early = MAX_EARLY_INPUT.saturating_sub(early_len);
+        let n = crate::crypto::negotiate(
+            &mut dc,
+            &agent,
+            &task,
+            k,
+            &kms_challenge,
+            response.as_ref(),
+            false,
+            &link,
+            max_early,
+        );
+        match n.await? {
+            Negotiated::Encrypted(c, early) => {
+                early_input.extend(early.input);
+                if let Some(s) = early.size.and_then(|p| serde_json::from_slice(&p).ok()) {
+                    early_size = Some(s);
+                }
+                crypto = Some(c);
+            }
+            Negotiated::Plain => {}
+            Negotiated::Closed => {
+                dc.close().await;
+                return Ok(Outcome::Cancelled);
+            }
+        }
+    }
     let complete = HandshakeComplete {
         handshake_time_to_complete: i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX),
-        customer_message: String::new(),
+        customer_message: match crypto {
+            Some(_) => crate::crypto::CUSTOMER_MESSAGE.into(),
+            None => String::new(),
+        },
     };
     dc.send(
         PayloadType::HandshakeComplete,
@@ -227,12 +274,18 @@ pub async fn run(
     .await?;
     debug!(exit_code_ok, "handshake complete");
 
+    let size = early_size.map_or((80, 24), |s| (clamp_dim(s.cols), clamp_dim(s.rows)));
+    let rec = crate::recorder::start(&agent, &task, "shell", size).await;
+    let doomed = crate::recorder::doomed(&rec);
     let spec = shell_spec(&agent, &task)?;
     let mut pty = Pty::spawn(&spec)?;
     if let Some(size) = early_size {
         pty.resize(clamp_dim(size.cols), clamp_dim(size.rows));
     }
     for chunk in early_input {
+        if let Some(r) = &rec {
+            r.input(&chunk).await;
+        }
         pty.write(chunk).await;
     }
     let mut exit_rx = pty.take_exit().context("exit receiver")?;
@@ -245,11 +298,21 @@ pub async fn run(
     let (_, placeholder) = tokio::sync::mpsc::channel(1);
     let mut output = std::mem::replace(&mut pty.output, placeholder);
     let sender = dc.sender();
+    let pump_crypto = crypto.clone();
+    let rec_out = rec.clone();
     let mut output_pump = tokio::spawn(async move {
         while let Some(chunk) = output.recv().await {
+            // Record the plaintext the user saw; seal only what leaves the host.
+            if let Some(r) = &rec_out {
+                r.output(&chunk).await;
+            }
+            let chunk = match &pump_crypto {
+                Some(c) => c.seal(PayloadType::Output, chunk)?,
+                None => chunk,
+            };
             sender.send(PayloadType::Output, chunk).await?;
         }
-        Ok::<(), airlock_transport::datachannel::ChannelError>(())
+        Ok::<(), anyhow::Error>(())
     });
 
     loop {
@@ -259,6 +322,7 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => {
                 output_pump.abort();
+                finish(&rec).await;
                 pty.kill();
                 dc.close().await;
                 return Ok(Outcome::Cancelled);
@@ -267,7 +331,7 @@ pub async fn run(
                 output_done = true;
                 match pumped {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(e.into()),
+                    Ok(Err(e)) => return Err(e),
                     Err(e) => bail!("output pump failed: {e}"),
                 }
             }
@@ -276,6 +340,12 @@ pub async fn run(
                 drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
             }
             _ = &mut drain, if exit_code.is_some() => break,
+            _ = doomed.cancelled(), if exit_code.is_none() => {
+                let _ = dc.send(PayloadType::Output, Bytes::from_static(crate::recorder::FAIL_CLOSED_MESSAGE)).await;
+                pty.kill();
+                exit_code = Some(1);
+                break;
+            }
             ev = dc.recv() => match ev {
                 None => {
                     pty.kill();
@@ -283,6 +353,19 @@ pub async fn run(
                 }
                 Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => match payload_type {
                     PayloadType::Output if exit_code.is_none() => {
+                        let payload = match &crypto {
+                            Some(c) => match c.open(PayloadType::Output, payload) {
+                                Ok(p) => p,
+                                Err(e) => {
+                                    pty.kill();
+                                    return Err(e);
+                                }
+                            },
+                            None => payload,
+                        };
+                        if let Some(r) = &rec {
+                            r.input(&payload).await;
+                        }
                         let open = pty.write(payload).await;
                         if !open {
                             debug!("pty input closed");
@@ -291,12 +374,19 @@ pub async fn run(
                     PayloadType::Size => {
                         if let Ok(size) = serde_json::from_slice::<TerminalSize>(&payload) {
                             pty.resize(clamp_dim(size.cols), clamp_dim(size.rows));
+                            if let Some(r) = &rec {
+                                r.resize(size.cols, size.rows).await;
+                            }
                         }
                     }
                     _ => {}
                 },
                 Some(ChannelEvent::Proto(Event::Control(frame))) => {
                     if is_channel_closed(&frame) {
+                        if !output_done {
+                            let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output_pump).await;
+                        }
+                        finish(&rec).await;
                         pty.kill();
                         dc.close().await;
                         return Ok(Outcome::Cancelled);
@@ -313,10 +403,14 @@ pub async fn run(
         }
     }
 
+    finish(&rec).await;
     let code = exit_code.unwrap_or(1);
     if exit_code_ok {
-        dc.send(PayloadType::ExitCode, Bytes::from(format_exit_code(code)))
-            .await?;
+        let mut payload = Bytes::from(format_exit_code(code));
+        if let Some(c) = &crypto {
+            payload = c.seal(PayloadType::ExitCode, payload)?;
+        }
+        dc.send(PayloadType::ExitCode, payload).await?;
     }
     if !dc.flush(FLUSH_TIMEOUT).await {
         debug!("not every frame was acked before terminating");
@@ -331,8 +425,7 @@ pub async fn run(
         Bytes::from(serde_json::to_vec(&terminating)?),
     )
     .await?;
-    // Give the driver a moment to write it, or for the gateway's close.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+    let _ = tokio::time::timeout(TERMINATE_WAIT, async {
         while let Some(ev) = dc.recv().await {
             if let ChannelEvent::Disconnected(_) = ev {
                 break;
@@ -347,6 +440,12 @@ pub async fn run(
     .await;
     dc.close().await;
     Ok(Outcome::Exited(code))
+}
+
+pub(crate) async fn finish(rec: &Option<crate::recorder::Recorder>) {
+    if let Some(r) = rec {
+        r.finish().await;
+    }
 }
 
 fn clamp_dim(v: u32) -> u16 {

@@ -92,6 +92,31 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// IAM administration with the verbs and flags of `aws iam`
+    /// (`admin create-user --user-name alice`; `admin help` lists verbs)
+    #[command(disable_help_flag = true)]
+    Admin {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+    /// Print a short-lived sign-in link for the gateway's browser console
+    ///
+    /// The link holds temporary credentials for you (not your secret) in its
+    /// fragment; anyone with the link acts as you until it expires.
+    Console {
+        /// Lifetime of the link's credentials in seconds (900-3600; default 900)
+        #[arg(long = "duration-seconds")]
+        duration_seconds: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List, play, export, verify and search session recordings
+    Recordings {
+        #[command(subcommand)]
+        command: crate::recordings::RecordingsCommand,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Behave as the AWS CLI's session-manager-plugin with these arguments
     #[command(
         name = "session-manager-plugin",

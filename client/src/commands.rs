@@ -74,6 +74,7 @@ pub async fn start_session(opts: &ConnOpts, args: &StartArgs) -> Result<i32, Cli
         tls,
         api: Some(api),
         exit_policy: ExitPolicy::RemoteStatus,
+        target: Some(args.target.clone()),
     }
     .run()
     .await
@@ -90,7 +91,12 @@ pub async fn start_port_session(
     let resp = api.ssm("StartSession", &start_request_body(args)).await?;
     let info: SessionInfo = serde_json::from_value(resp)
         .map_err(|e| ClientError::BadResponse(format!("StartSession: {e}")))?;
-    crate::port::run(info, tls, port_opts).await
+    let kms = crate::crypto::KmsEnv {
+        api: Some(api),
+        session_id: info.session_id.clone(),
+        target: Some(args.target.clone()),
+    };
+    crate::port::run(info, tls, port_opts, kms).await
 }
 
 pub async fn terminate_session(opts: &ConnOpts, session_id: &str) -> Result<i32, ClientError> {

@@ -6,13 +6,17 @@
 //! - [`session`]: the data-channel session runner; [`handshake`]: its answers.
 //! - [`terminal`]: raw mode, size, stdin pump. [`error`]: errors and exit codes.
 
+pub mod admin;
 pub mod cli;
 pub mod commands;
+pub mod console;
+pub mod crypto;
 pub mod error;
 pub mod handshake;
 pub mod params;
 pub mod plugin;
 pub mod port;
+pub mod recordings;
 pub mod session;
 pub mod terminal;
 
@@ -150,6 +154,18 @@ pub fn main_entry() -> i32 {
                 async move { commands::start_port_session(&conn_opts(&conn), &args, popts).await },
             )
         }
+        cli::Command::Admin { args } => run_async(async move { admin::run(&args).await }),
+        cli::Command::Console {
+            duration_seconds,
+            conn,
+        } => {
+            let opts = conn_opts(&conn);
+            run_async(async move { console::run(&opts, duration_seconds).await })
+        }
+        cli::Command::Recordings { command, conn } => {
+            let opts = conn_opts(&conn);
+            run_async(async move { recordings::run(&opts, command).await })
+        }
         cli::Command::Sessions { command, conn } => {
             let opts = conn_opts(&conn);
             run_async(async move {
@@ -262,15 +278,6 @@ pub fn plugin_main(argv: &[String]) -> i32 {
 
 async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
     let tls = commands::tls_config()?;
-    if port::is_port_document(start.document_name.as_deref()) {
-        let popts = port::PortOptions {
-            bind: "127.0.0.1".into(),
-            stdio: false,
-            unix: None,
-            label: String::new(),
-        };
-        return port::run(start.session, tls, popts).await;
-    }
     // Credentials are only needed for ResumeSession; a session can run without them.
     let api = if start.legacy {
         None
@@ -288,11 +295,26 @@ async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
             }
         }
     };
+    if port::is_port_document(start.document_name.as_deref()) {
+        let popts = port::PortOptions {
+            bind: "127.0.0.1".into(),
+            stdio: false,
+            unix: None,
+            label: String::new(),
+        };
+        let kms = crate::crypto::KmsEnv {
+            api,
+            session_id: start.session.session_id.clone(),
+            target: start.target.clone(),
+        };
+        return port::run(start.session, tls, popts, kms).await;
+    }
     SessionRunner {
         info: start.session,
         tls,
         api,
         exit_policy: ExitPolicy::AlwaysZero,
+        target: start.target.clone(),
     }
     .run()
     .await

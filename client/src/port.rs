@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 
+use crate::crypto::{ClientCrypto, KmsEnv, KmsOutcome};
 use crate::error::ClientError;
 use crate::plugin::SessionInfo;
 use crate::session::open_message;
@@ -232,6 +233,8 @@ pub struct Negotiated {
     pub mode: Mode,
     pub properties: serde_json::Value,
     pub chunk: usize,
+    /// Set when an Airlock agent encrypts this port session (`kms_port`).
+    pub crypto: Option<ClientCrypto>,
 }
 
 pub fn negotiate(req: &HandshakeRequest, force_stdio: bool) -> Negotiated {
@@ -266,6 +269,7 @@ pub fn negotiate(req: &HandshakeRequest, force_stdio: bool) -> Negotiated {
         mode,
         properties,
         chunk,
+        crypto: None,
     }
 }
 
@@ -289,11 +293,27 @@ enum Out {
     Flag(u32),
 }
 
-fn spawn_sender(sender: DataSender, mut rx: mpsc::Receiver<Out>) -> tokio::task::JoinHandle<()> {
+fn spawn_sender(
+    sender: DataSender,
+    mut rx: mpsc::Receiver<Out>,
+    crypto: Option<ClientCrypto>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(o) = rx.recv().await {
             let r = match o {
-                Out::Data(b) => sender.send(PayloadType::Output, b).await,
+                Out::Data(b) => {
+                    let b = match &crypto {
+                        Some(c) => match c.seal(PayloadType::Output, b) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                tracing::warn!("sealing failed: {e}");
+                                return;
+                            }
+                        },
+                        None => b,
+                    };
+                    sender.send(PayloadType::Output, b).await
+                }
                 Out::Flag(f) => sender.send(PayloadType::Flag, flag(f)).await,
             };
             if let Err(e) = r {
@@ -314,7 +334,11 @@ fn offers_no_digest(req: &HandshakeRequest) -> bool {
 }
 
 /// Waits for the agent's HandshakeRequest, answers it and returns the mode.
-async fn handshake(dc: &mut DataChannel, force_stdio: bool) -> Result<Negotiated, ClientError> {
+async fn handshake(
+    dc: &mut DataChannel,
+    force_stdio: bool,
+    kms: &KmsEnv,
+) -> Result<Negotiated, ClientError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let ev = tokio::time::timeout_at(deadline, dc.recv())
@@ -344,6 +368,16 @@ async fn handshake(dc: &mut DataChannel, force_stdio: bool) -> Result<Negotiated
                         }
                     }
                 }
+                let (offered, crypto) =
+                    match crate::crypto::process(&req, &mut out.response, kms, true).await {
+                        KmsOutcome::Ready(c) => (true, Some(c)),
+                        // The agent decides whether a plain port session is acceptable.
+                        KmsOutcome::Failed(m) => {
+                            eprintln!("Port session not encrypted: {m}");
+                            (true, None)
+                        }
+                        KmsOutcome::NotRequested => (false, None),
+                    };
                 if no_digest {
                     // The agent accepts digest-less frames from its offer on.
                     dc.sender()
@@ -355,7 +389,12 @@ async fn handshake(dc: &mut DataChannel, force_stdio: bool) -> Result<Negotiated
                 dc.send(PayloadType::HandshakeResponse, Bytes::from(body))
                     .await
                     .map_err(|e| ClientError::Transport(e.to_string()))?;
-                return Ok(negotiate(&req, force_stdio));
+                let mut neg = negotiate(&req, force_stdio);
+                if offered {
+                    finish_kms(dc, crypto.as_ref(), deadline).await?;
+                    neg.crypto = crypto;
+                }
+                return Ok(neg);
             }
             Some(ChannelEvent::Proto(Event::Control(f)))
                 if f.message_type == MessageType::ChannelClosed =>
@@ -374,13 +413,72 @@ async fn handshake(dc: &mut DataChannel, force_stdio: bool) -> Result<Negotiated
     }
 }
 
+/// With an Airlock agent that offered `kms_port`: answers its encryption
+/// challenge (when we have keys) and waits for HandshakeComplete, so a
+/// refusal (the agent may require encryption) ends the session here instead
+/// of reaching the forwarding loops.
+async fn finish_kms(
+    dc: &mut DataChannel,
+    crypto: Option<&ClientCrypto>,
+    deadline: tokio::time::Instant,
+) -> Result<(), ClientError> {
+    loop {
+        let ev = tokio::time::timeout_at(deadline, dc.recv())
+            .await
+            .map_err(|_| ClientError::Transport("no encryption challenge from the agent".into()))?;
+        match ev {
+            Some(ChannelEvent::Proto(Event::Data {
+                payload_type: PayloadType::EncChallengeRequest,
+                payload,
+            })) => {
+                let c = crypto.ok_or_else(|| {
+                    ClientError::Transport("encryption challenge without a data key".into())
+                })?;
+                let answer = c
+                    .answer_challenge(&payload)
+                    .map_err(ClientError::Transport)?;
+                dc.send(PayloadType::EncChallengeResponse, answer)
+                    .await
+                    .map_err(|e| ClientError::Transport(e.to_string()))?;
+            }
+            Some(ChannelEvent::Proto(Event::Data {
+                payload_type: PayloadType::HandshakeComplete,
+                ..
+            })) => return Ok(()),
+            // The agent explains a refusal in plain text.
+            Some(ChannelEvent::Proto(Event::Data {
+                payload_type: PayloadType::Output,
+                payload,
+            })) => eprint!("{}", String::from_utf8_lossy(&payload)),
+            Some(ChannelEvent::Proto(Event::Control(f)))
+                if f.message_type == MessageType::ChannelClosed =>
+            {
+                return Err(ClientError::Transport(format!(
+                    "the session was refused during the encryption handshake{}",
+                    closed_message(&f).trim_end()
+                )));
+            }
+            None | Some(ChannelEvent::Disconnected(_)) => {
+                return Err(ClientError::Transport(
+                    "data channel lost during the encryption handshake".into(),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 /// Runs a port session to its end; returns the exit status (0 on normal ends).
+/// `kms.api` (for GenerateDataKey and ResumeSession) lets the session be
+/// encrypted and survive network drops and gateway restarts; without it a
+/// drop ends the session.
 pub async fn run(
     info: SessionInfo,
     tls: Arc<rustls::ClientConfig>,
     opts: PortOptions,
+    kms: KmsEnv,
 ) -> Result<i32, ClientError> {
-    let ws = ws::connect(&info.stream_url, tls)
+    let ws = ws::connect(&info.stream_url, tls.clone())
         .await
         .map_err(|e| ClientError::Transport(e.to_string()))?;
     let mut dc = DataChannel::spawn(
@@ -389,6 +487,12 @@ pub async fn run(
         Role::Client,
         Config::default(),
     );
+    if let Some(api) = kms.api.clone() {
+        dc.set_redial(
+            crate::session::RESUME_GIVE_UP,
+            crate::session::resume_dialer(info.clone(), tls, api),
+        );
+    }
     // Registered before "Port N opened" is printed, so a Ctrl-C right after
     // the ready line is never lost to the default handler.
     let interrupted = Arc::new(tokio::sync::Notify::new());
@@ -401,10 +505,10 @@ pub async fn run(
             }
         });
     }
-    let neg = handshake(&mut dc, opts.stdio).await?;
+    let neg = handshake(&mut dc, opts.stdio, &kms).await?;
     tracing::debug!(mode = ?neg.mode, chunk = neg.chunk, "port session");
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-    let pump = spawn_sender(dc.sender(), out_rx);
+    let pump = spawn_sender(dc.sender(), out_rx, neg.crypto.clone());
     let result = match neg.mode {
         Mode::Stdio => run_stdio(&mut dc, &neg, out_tx.clone(), &interrupted).await,
         Mode::Multiplexed | Mode::Basic => {
@@ -510,7 +614,7 @@ enum Common {
     Nothing,
 }
 
-fn common(ev: Option<ChannelEvent>) -> Common {
+fn common(ev: Option<ChannelEvent>, neg: &Negotiated) -> Common {
     match ev {
         None => Common::End(Err(ClientError::Transport(
             "data channel stopped unexpectedly".into(),
@@ -525,7 +629,13 @@ fn common(ev: Option<ChannelEvent>) -> Common {
                 say(&format!("{}\n", connect_error_line(&payload)));
                 return Common::Nothing;
             }
-            Common::Data(payload_type, payload)
+            match &neg.crypto {
+                Some(c) => match c.open(payload_type, payload) {
+                    Ok(p) => Common::Data(payload_type, p),
+                    Err(e) => Common::End(Err(ClientError::Transport(e))),
+                },
+                None => Common::Data(payload_type, payload),
+            }
         }
         Some(ChannelEvent::Proto(Event::Control(f)))
             if f.message_type == MessageType::ChannelClosed =>
@@ -650,7 +760,7 @@ async fn run_mux(
                     writers.remove(&sid);
                 }
             }
-            ev = dc.recv() => match common(ev) {
+            ev = dc.recv() => match common(ev, neg) {
                 Common::End(r) => return r,
                 Common::Nothing => {}
                 Common::Data(PayloadType::Output, payload) => {
@@ -720,7 +830,7 @@ async fn run_basic(
                 }
             }
             // Data is held (not acked) until a connection is accepted.
-            ev = dc.recv(), if writer.is_some() => match common(ev) {
+            ev = dc.recv(), if writer.is_some() => match common(ev, neg) {
                 Common::End(r) => return r,
                 Common::Nothing => {}
                 Common::Data(PayloadType::Output, payload) => {
@@ -761,7 +871,7 @@ async fn run_stdio(
                 // Stdin closed: the local side is done; end the session.
                 return Ok(End::Interrupted);
             }
-            ev = dc.recv() => match common(ev) {
+            ev = dc.recv() => match common(ev, neg) {
                 Common::End(r) => {
                     drop(tx);
                     tokio::time::sleep(Duration::from_millis(50)).await;

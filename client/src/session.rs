@@ -11,11 +11,12 @@ use airlock_proto::messages::{parse_exit_code, ChannelClosed, OpenDataChannel, T
 use airlock_proto::reliable::{Config, Event};
 use airlock_proto::{MessageType, PayloadType, Role};
 use airlock_transport::api::{ApiClient, CallError};
-use airlock_transport::datachannel::{ChannelEvent, DataChannel};
+use airlock_transport::datachannel::{ChannelEvent, DataChannel, Disconnect, Redial, RedialError};
 use airlock_transport::ws;
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::crypto::{ClientCrypto, KmsEnv, KmsOutcome};
 use crate::error::ClientError;
 use crate::plugin::SessionInfo;
 use crate::terminal;
@@ -39,6 +40,8 @@ pub struct SessionRunner {
     /// For ResumeSession on reconnect; None when no credentials were found.
     pub api: Option<ApiClient>,
     pub exit_policy: ExitPolicy,
+    /// The target id, for the KMS encryption context.
+    pub target: Option<String>,
 }
 
 fn client_id() -> &'static str {
@@ -87,11 +90,104 @@ fn write_stdout(payload: &[u8]) -> std::io::Result<()> {
     out.flush()
 }
 
-enum Reconnect {
+#[derive(Debug)]
+pub enum Reconnect {
     Done,
     /// ResumeSession gave no token: the session is over.
     TimedOut,
     Failed(String),
+}
+
+/// How long a client keeps trying to get back into a session after a drop.
+/// Matches the gateway's default resume window; ResumeSession answering
+/// without a token ends the attempt sooner.
+pub const RESUME_GIVE_UP: Duration = Duration::from_secs(120);
+
+/// Puts a client data channel back on the wire after a network drop (spec
+/// §3.3): ResumeSession for a fresh token, then the original StreamUrl
+/// again, with jittered exponential backoff until [`RESUME_GIVE_UP`]. The
+/// data channel resends whatever was unacked; the receive side drops what
+/// it already has, so output stays complete and in order.
+pub struct Resumer<'a> {
+    pub info: &'a SessionInfo,
+    pub tls: &'a Arc<rustls::ClientConfig>,
+    /// None without credentials: the original (single-use) token is tried.
+    pub api: Option<&'a ApiClient>,
+}
+
+/// One resume attempt: ResumeSession for a fresh token, then a websocket to
+/// the original StreamUrl and the open message to send on it.
+async fn resume_once(
+    info: &SessionInfo,
+    tls: &Arc<rustls::ClientConfig>,
+    api: Option<&ApiClient>,
+) -> Result<(ws::WsStream, String), Redial<Reconnect>> {
+    let token = match api {
+        Some(api) => match api
+            .ssm("ResumeSession", &json!({"SessionId": info.session_id}))
+            .await
+        {
+            Ok(v) => match v.get("TokenValue").and_then(|t| t.as_str()) {
+                Some(t) if !t.is_empty() => t.to_string(),
+                _ => return Err(Redial::Stop(Reconnect::TimedOut)),
+            },
+            // A gateway restarting or overloaded: try again.
+            Err(CallError::Api(e)) if e.status >= 500 => return Err(Redial::Retry(e.to_string())),
+            Err(CallError::Api(e)) => return Err(Redial::Stop(Reconnect::Failed(e.to_string()))),
+            Err(e) => return Err(Redial::Retry(e.to_string())),
+        },
+        None => info.token_value.clone(),
+    };
+    // The original StreamUrl is reused; the new one is ignored (stock behaviour).
+    let ws = ws::connect(&info.stream_url, tls.clone())
+        .await
+        .map_err(|e| Redial::Retry(e.to_string()))?;
+    Ok((ws, open_message(&token)))
+}
+
+/// A redial strategy for [`DataChannel::set_redial`] (port sessions, whose
+/// loops only need to know when resuming failed for good).
+pub fn resume_dialer(
+    info: SessionInfo,
+    tls: Arc<rustls::ClientConfig>,
+    api: ApiClient,
+) -> airlock_transport::datachannel::Dialer {
+    Box::new(move || {
+        let (info, tls, api) = (info.clone(), tls.clone(), api.clone());
+        Box::pin(async move {
+            resume_once(&info, &tls, Some(&api))
+                .await
+                .map_err(|e| match e {
+                    Redial::Retry(m) => Redial::Retry(m),
+                    Redial::Stop(Reconnect::TimedOut) => {
+                        Redial::Stop(format!("Session: {} timed out.", info.session_id))
+                    }
+                    Redial::Stop(other) => Redial::Stop(format!("{other:?}")),
+                })
+        })
+    })
+}
+
+impl Resumer<'_> {
+    pub async fn resume(&self, dc: &DataChannel, why: &Disconnect) -> Reconnect {
+        // Without credentials the only token we have was refused already.
+        if self.api.is_none() && matches!(why, Disconnect::Closed(1008, _)) {
+            return Reconnect::Failed(format!("the gateway refused the session token: {why:?}"));
+        }
+        let r = dc
+            .redial(RESUME_GIVE_UP, || {
+                resume_once(self.info, self.tls, self.api)
+            })
+            .await;
+        match r {
+            Ok(attempts) => {
+                tracing::info!(attempts, "data channel resumed");
+                Reconnect::Done
+            }
+            Err(RedialError::Stopped(r)) => r,
+            Err(e) => Reconnect::Failed(e.to_string()),
+        }
+    }
 }
 
 impl SessionRunner {
@@ -112,41 +208,12 @@ impl SessionRunner {
         Err(ClientError::Transport(last))
     }
 
-    async fn reconnect(&self, dc: &DataChannel) -> Reconnect {
-        let mut last = String::from("no attempt made");
-        for attempt in 0..MAX_RETRIES {
-            tokio::time::sleep(backoff(attempt)).await;
-            let token = match &self.api {
-                Some(api) => match api
-                    .ssm("ResumeSession", &json!({"SessionId": self.info.session_id}))
-                    .await
-                {
-                    Ok(v) => match v.get("TokenValue").and_then(|t| t.as_str()) {
-                        Some(t) if !t.is_empty() => t.to_string(),
-                        _ => return Reconnect::TimedOut,
-                    },
-                    Err(CallError::Api(e)) => return Reconnect::Failed(e.to_string()),
-                    Err(e) => {
-                        last = e.to_string();
-                        continue;
-                    }
-                },
-                None => self.info.token_value.clone(),
-            };
-            // The original StreamUrl is reused; the new one is ignored (stock behaviour).
-            let ws = match ws::connect(&self.info.stream_url, self.tls.clone()).await {
-                Ok(ws) => ws,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            match dc.reconnect(ws, open_message(&token)).await {
-                Ok(()) => return Reconnect::Done,
-                Err(e) => last = e.to_string(),
-            }
+    fn resumer(&self) -> Resumer<'_> {
+        Resumer {
+            info: &self.info,
+            tls: &self.tls,
+            api: self.api.as_ref(),
         }
-        Reconnect::Failed(last)
     }
 
     /// Runs the session to its end and returns the process exit status.
@@ -185,16 +252,59 @@ impl SessionRunner {
         // this loop from reading output (and acking it).
         let mut stdin_rx = terminal::spawn_stdin_reader();
         let stdin_sender = dc.sender();
+        // The HandshakeResponse goes out through the input pump so that input
+        // is sealed exactly from the response on, as the agent expects.
+        // Input waits for the handshake (as the stock plugin's does), so none
+        // of it crosses the gateway in clear when the session is encrypted.
+        let (hs_tx, mut hs_rx) = tokio::sync::mpsc::unbounded_channel::<PumpCtl>();
         let stdin_pump = tokio::spawn(async move {
-            while let Some(bytes) = stdin_rx.recv().await {
-                if let Err(e) = stdin_sender.send(PayloadType::Output, bytes).await {
-                    tracing::debug!("send input failed: {e}");
-                    break;
+            let mut crypto: Option<ClientCrypto> = None;
+            let mut stdin_open = true;
+            let mut handshaken = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(ctl) = hs_rx.recv() => {
+                        handshaken = true;
+                        if let PumpCtl::Respond(resp, c) = ctl {
+                            crypto = c;
+                            if let Err(e) = stdin_sender.send(PayloadType::HandshakeResponse, resp).await {
+                                tracing::debug!("send handshake response failed: {e}");
+                                break;
+                            }
+                        }
+                    }
+                    bytes = stdin_rx.recv(), if stdin_open && handshaken => {
+                        let Some(mut bytes) = bytes else {
+                            stdin_open = false;
+                            continue;
+                        };
+                        if let Some(c) = &crypto {
+                            match c.seal(PayloadType::Output, bytes) {
+                                Ok(b) => bytes = b,
+                                Err(e) => { tracing::warn!("sealing input failed: {e}"); break; }
+                            }
+                        }
+                        if let Err(e) = stdin_sender.send(PayloadType::Output, bytes).await {
+                            tracing::debug!("send input failed: {e}");
+                            break;
+                        }
+                    }
+                    else => break,
                 }
             }
             // EOF does not end the session: the remote shell's `exit` does.
         });
         let mut exit_code: Option<i32> = None;
+        let kms_env = KmsEnv {
+            api: self.api.clone(),
+            session_id: id.clone(),
+            target: self.target.clone(),
+        };
+        let mut pending_crypto: Option<ClientCrypto> = None;
+        let mut rx_crypto: Option<ClientCrypto> = None;
+        let mut kms_error: Option<String> = None;
+        let mut input_started = false;
 
         let outcome: Result<(i32, Option<String>), ClientError> = loop {
             tokio::select! {
@@ -207,7 +317,18 @@ impl SessionRunner {
                 },
                 ev = dc.recv() => match ev {
                     None => break Err(ClientError::Transport("data channel stopped unexpectedly".into())),
-                    Some(ChannelEvent::Proto(Event::Data { payload_type, payload })) => {
+                    Some(ChannelEvent::Proto(Event::Data { payload_type, mut payload })) => {
+                        if let Some(c) = &rx_crypto {
+                            match c.open(payload_type, payload) {
+                                Ok(p) => payload = p,
+                                Err(e) => break Err(ClientError::Transport(e)),
+                            }
+                        }
+                        if payload_type == PayloadType::Output && !input_started {
+                            // An agent that skips the handshake: start input anyway.
+                            input_started = true;
+                            let _ = hs_tx.send(PumpCtl::Start);
+                        }
                         match payload_type {
                             PayloadType::Output | PayloadType::StdErr => {
                                 if let Err(e) = write_stdout(&payload) {
@@ -222,12 +343,34 @@ impl SessionRunner {
                             PayloadType::HandshakeRequest => {
                                 match serde_json::from_slice::<HandshakeRequest>(&payload) {
                                     Ok(req) => {
-                                        let out = crate::handshake::respond(&req);
+                                        let mut out = crate::handshake::respond(&req);
                                         tracing::debug!(features = ?out.features, session_type = ?out.session_type, "handshake");
+                                        match crate::crypto::process(&req, &mut out.response, &kms_env, false).await {
+                                            KmsOutcome::Ready(c) => pending_crypto = Some(c),
+                                            KmsOutcome::Failed(m) => {
+                                                eprint!("Failed to set up session encryption: {m}\r\n");
+                                                kms_error = Some(m);
+                                            }
+                                            KmsOutcome::NotRequested => {}
+                                        }
                                         let body = serde_json::to_vec(&out.response).unwrap_or_default();
-                                        send_or_log(&dc, PayloadType::HandshakeResponse, Bytes::from(body)).await;
+                                        input_started = true;
+                                        let _ = hs_tx.send(PumpCtl::Respond(Bytes::from(body), pending_crypto.clone()));
                                     }
                                     Err(e) => tracing::warn!("malformed handshake request: {e}"),
+                                }
+                            }
+                            PayloadType::EncChallengeRequest => {
+                                let Some(c) = &pending_crypto else {
+                                    break Err(ClientError::Transport("the agent sent an encryption challenge without a KMS handshake".into()));
+                                };
+                                match c.answer_challenge(&payload) {
+                                    Ok(answer) => {
+                                        // Everything the agent sends from here on is sealed.
+                                        rx_crypto = Some(c.clone());
+                                        send_or_log(&dc, PayloadType::EncChallengeResponse, answer).await;
+                                    }
+                                    Err(e) => break Err(ClientError::Transport(e)),
                                 }
                             }
                             PayloadType::HandshakeComplete => {
@@ -258,6 +401,9 @@ impl SessionRunner {
                                 Some(o) => format!("\n\nSessionId: {id} : {o}\n\n"),
                                 None => format!("\n\nExiting session with sessionId: {id}.\n\n"),
                             };
+                            if let Some(e) = kms_error.take() {
+                                break Err(ClientError::Transport(format!("the session could not be encrypted: {e}")));
+                            }
                             let code = match self.exit_policy {
                                 ExitPolicy::RemoteStatus => exit_code.unwrap_or(0),
                                 ExitPolicy::AlwaysZero => 0,
@@ -268,7 +414,7 @@ impl SessionRunner {
                     }
                     Some(ChannelEvent::Disconnected(why)) => {
                         tracing::debug!("data channel disconnected: {why:?}");
-                        match self.reconnect(&dc).await {
+                        match self.resumer().resume(&dc, &why).await {
                             Reconnect::Done => {}
                             Reconnect::TimedOut => break Ok((0, Some(format!("\n\nSession: {id} timed out.\n\n")))),
                             Reconnect::Failed(reason) => {
@@ -294,6 +440,14 @@ impl SessionRunner {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What the session loop tells the input pump.
+enum PumpCtl {
+    /// Send this HandshakeResponse, then seal input with the crypto (if any).
+    Respond(Bytes, Option<ClientCrypto>),
+    /// No handshake is coming: forward input as is.
+    Start,
 }
 
 async fn send_or_log(dc: &DataChannel, payload_type: PayloadType, payload: Bytes) {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::auth::{authenticate, Principal};
+use crate::authz::{authorize, document_arn, instance_arn, resource_tag_context, session_arn};
 use crate::error::ApiError;
 use crate::hub::{new_relay, TokenKind};
 use crate::server::{json_response, new_access_key, AppState, Body, ReadRequest};
@@ -112,23 +113,47 @@ pub async fn ssm(state: &Arc<AppState>, req: &ReadRequest) -> ApiResult {
         )
     })?;
     require_user(&principal)?;
+    // Actions without a resource type are authorized against `*` here; the
+    // others in their handlers, once the resource is known.
+    if matches!(
+        op,
+        "CreateActivation"
+            | "DescribeActivations"
+            | "DeleteActivation"
+            | "DescribeInstanceInformation"
+            | "DescribeSessions"
+    ) {
+        let action = format!("ssm:{op}");
+        authorize(
+            state,
+            req,
+            &principal,
+            &action,
+            &[],
+            airlock_iam::Context::new(),
+        )
+        .await?;
+    }
     match op {
         "CreateActivation" => create_activation(state, req).await,
         "DescribeActivations" => describe_activations(state, req).await,
         "DeleteActivation" => delete_activation(state, req).await,
         "DescribeInstanceInformation" => describe_instance_information(state, req).await,
-        "DeregisterManagedInstance" => deregister(state, req).await,
+        "DeregisterManagedInstance" => deregister(state, req, &principal).await,
         "StartSession" => start_session(state, req, &principal).await,
         "ResumeSession" => resume_session(state, req, &principal).await,
-        "TerminateSession" => terminate_session(state, req).await,
+        "TerminateSession" => terminate_session(state, req, &principal).await,
         "DescribeSessions" => describe_sessions(state, req).await,
-        "AddTagsToResource" => add_tags(state, req).await,
-        "RemoveTagsFromResource" => remove_tags(state, req).await,
-        "ListTagsForResource" => list_tags(state, req).await,
-        _ => Err(ApiError::new(
-            "UnknownOperationException",
-            format!("Unknown operation {op}."),
-        )),
+        "AddTagsToResource" => add_tags(state, req, &principal).await,
+        "RemoveTagsFromResource" => remove_tags(state, req, &principal).await,
+        "ListTagsForResource" => list_tags(state, req, &principal).await,
+        _ => match crate::documents::api(state, req, &principal, op).await {
+            Some(r) => r,
+            None => Err(ApiError::new(
+                "UnknownOperationException",
+                format!("Unknown operation {op}."),
+            )),
+        },
     }
 }
 
@@ -149,6 +174,14 @@ async fn create_activation(state: &AppState, req: &ReadRequest) -> ApiResult {
         .iam_role
         .ok_or_else(|| ApiError::validation("IamRole is required."))?;
     check_len("IamRole", &iam_role, 1, 64)?;
+    // Registered agents act as this role, so it must exist (as on AWS).
+    let role_name = iam_role.rsplit('/').next().unwrap_or(&iam_role).to_string();
+    if state.iam.get_role(&role_name).await?.is_none() {
+        return Err(ApiError::validation(format!(
+            "Nonexistent role or missing ssm service principal in trust policy: arn:aws:iam::{}:role/{role_name}",
+            state.config.aws.account_id
+        )));
+    }
     let limit = r.registration_limit.unwrap_or(1);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::validation(
@@ -382,11 +415,12 @@ struct InstanceIdReq {
     instance_id: Option<String>,
 }
 
-async fn deregister(state: &AppState, req: &ReadRequest) -> ApiResult {
+async fn deregister(state: &AppState, req: &ReadRequest, principal: &Principal) -> ApiResult {
     let r: InstanceIdReq = parse_body(&req.body)?;
     let id = r
         .instance_id
         .ok_or_else(|| ApiError::validation("InstanceId is required."))?;
+    authorize_instance(state, req, principal, "ssm:DeregisterManagedInstance", &id).await?;
     if !state.store.delete_instance(&id).await? {
         return Err(ApiError::new(
             "InvalidInstanceId",
@@ -422,14 +456,27 @@ async fn start_session(
     if let Some(reason) = &r.reason {
         check_len("Reason", reason, 1, 256)?;
     }
-    let resolved = crate::documents::resolve(r.document_name.as_deref(), r.parameters)?;
+    let resolved = crate::documents::resolve_for_session(
+        &state.documents,
+        r.document_name.as_deref(),
+        r.parameters,
+    )
+    .await?;
     let document = resolved.name.clone();
+    // Both the target and the document need an Allow (the default shell
+    // document too: Airlock always performs ssm:SessionDocumentAccessCheck).
+    let target_tags = state.store.instance_tags(&target).await?;
+    let mut ctx = resource_tag_context(&target_tags);
+    ctx.insert("ssm:SessionDocumentAccessCheck", "true");
+    let resources = [instance_arn(state, &target), document_arn(state, &document)];
+    authorize(state, req, principal, "ssm:StartSession", &resources, ctx).await?;
     let not_connected =
         || ApiError::new("TargetNotConnected", format!("{target} is not connected."));
     if state.store.get_instance(&target).await?.is_none() {
         return Err(not_connected());
     }
     let agent = state.hub.agent(&target).ok_or_else(not_connected)?;
+    crate::recordings::admit_session(state).await?;
     let user = require_user(principal)?;
     let session_id = format!("{user}-{}", hex17());
     let owner = principal.arn(&state.config.aws.account_id);
@@ -536,6 +583,7 @@ async fn resume_session(state: &AppState, req: &ReadRequest, principal: &Princip
         .session_id
         .ok_or_else(|| ApiError::validation("SessionId is required."))?;
     check_len("SessionId", &id, 1, 96)?;
+    authorize_session(state, req, principal, "ssm:ResumeSession", &id).await?;
     let s = state.store.get_session(&id).await?.ok_or_else(|| {
         ApiError::new(
             "DoesNotExistException",
@@ -561,12 +609,17 @@ async fn resume_session(state: &AppState, req: &ReadRequest, principal: &Princip
     ok(json!({"SessionId": id, "TokenValue": token, "StreamUrl": stream_url(req, &id)}))
 }
 
-async fn terminate_session(state: &AppState, req: &ReadRequest) -> ApiResult {
+async fn terminate_session(
+    state: &AppState,
+    req: &ReadRequest,
+    principal: &Principal,
+) -> ApiResult {
     let r: SessionIdReq = parse_body(&req.body)?;
     let id = r
         .session_id
         .ok_or_else(|| ApiError::validation("SessionId is required."))?;
     check_len("SessionId", &id, 1, 96)?;
+    authorize_session(state, req, principal, "ssm:TerminateSession", &id).await?;
     end_session(
         state,
         &id,
@@ -575,6 +628,52 @@ async fn terminate_session(state: &AppState, req: &ReadRequest) -> ApiResult {
     )
     .await;
     ok(json!({"SessionId": id}))
+}
+
+/// Authorizes `action` on a session ARN, with the session's
+/// `ssm:resourceTag/aws:ssmmessages:*` keys when it exists.
+async fn authorize_session(
+    state: &AppState,
+    req: &ReadRequest,
+    principal: &Principal,
+    action: &str,
+    id: &str,
+) -> Result<(), ApiError> {
+    let mut ctx = airlock_iam::Context::new();
+    if let Some(s) = state.store.get_session(id).await? {
+        ctx.insert("ssm:resourceTag/aws:ssmmessages:session-id", id);
+        ctx.insert("ssm:resourceTag/aws:ssmmessages:target-id", s.target);
+    }
+    authorize(
+        state,
+        req,
+        principal,
+        action,
+        &[session_arn(state, id)],
+        ctx,
+    )
+    .await
+}
+
+/// Authorizes `action` on a managed-instance ARN with its tags as context.
+async fn authorize_instance(
+    state: &AppState,
+    req: &ReadRequest,
+    principal: &Principal,
+    action: &str,
+    id: &str,
+) -> Result<(), ApiError> {
+    let tags = state.store.instance_tags(id).await?;
+    let ctx = resource_tag_context(&tags);
+    authorize(
+        state,
+        req,
+        principal,
+        action,
+        &[instance_arn(state, id)],
+        ctx,
+    )
+    .await
 }
 
 /// Moves a session to a final state and tears its relay down: both sockets
@@ -704,7 +803,7 @@ async fn describe_sessions(state: &AppState, req: &ReadRequest) -> ApiResult {
                 "DocumentName": s.document_name,
                 "Owner": s.owner,
                 "Details": s.details,
-                "OutputUrl": {},
+                "OutputUrl": state.recordings.output_url(&s.session_id).map(|u| json!({"S3OutputUrl": u})).unwrap_or_else(|| json!({})),
                 "AccessType": "Standard",
             });
             if !s.reason.is_empty() {
@@ -756,9 +855,10 @@ fn invalid_resource(id: &str) -> ApiError {
     )
 }
 
-async fn add_tags(state: &AppState, req: &ReadRequest) -> ApiResult {
+async fn add_tags(state: &AppState, req: &ReadRequest, principal: &Principal) -> ApiResult {
     let r: TagsReq = parse_body(&req.body)?;
     let id = tag_resource(&r)?;
+    authorize_instance(state, req, principal, "ssm:AddTagsToResource", &id).await?;
     let tags = r.tags.unwrap_or_default();
     for t in &tags {
         check_len("Key", &t.key, 1, 128)?;
@@ -770,9 +870,10 @@ async fn add_tags(state: &AppState, req: &ReadRequest) -> ApiResult {
     ok(json!({}))
 }
 
-async fn remove_tags(state: &AppState, req: &ReadRequest) -> ApiResult {
+async fn remove_tags(state: &AppState, req: &ReadRequest, principal: &Principal) -> ApiResult {
     let r: TagsReq = parse_body(&req.body)?;
     let id = tag_resource(&r)?;
+    authorize_instance(state, req, principal, "ssm:RemoveTagsFromResource", &id).await?;
     if !state
         .store
         .remove_instance_tags(&id, r.tag_keys.unwrap_or_default())
@@ -783,9 +884,10 @@ async fn remove_tags(state: &AppState, req: &ReadRequest) -> ApiResult {
     ok(json!({}))
 }
 
-async fn list_tags(state: &AppState, req: &ReadRequest) -> ApiResult {
+async fn list_tags(state: &AppState, req: &ReadRequest, principal: &Principal) -> ApiResult {
     let r: TagsReq = parse_body(&req.body)?;
     let id = tag_resource(&r)?;
+    authorize_instance(state, req, principal, "ssm:ListTagsForResource", &id).await?;
     if state.store.get_instance(&id).await?.is_none() {
         return Err(invalid_resource(&id));
     }
@@ -900,6 +1002,15 @@ pub async fn create_control_channel(
         ));
     }
     let _: airlock_proto::messages::CreateChannelRequest = parse_body(&req.body)?;
+    authorize(
+        state,
+        req,
+        &p,
+        "ssmmessages:CreateControlChannel",
+        &[],
+        airlock_iam::Context::new(),
+    )
+    .await?;
     if state.store.get_instance(instance_id).await?.is_none() {
         return Err(ApiError::new(
             "InvalidInstanceId",
@@ -923,6 +1034,15 @@ pub async fn create_data_channel(
     let p = authenticate(state, &req.sigv4(), &["ssmmessages"]).await?;
     let instance_id = agent_principal(&p)?;
     let _: airlock_proto::messages::CreateChannelRequest = parse_body(&req.body)?;
+    authorize(
+        state,
+        req,
+        &p,
+        "ssmmessages:CreateDataChannel",
+        &[],
+        airlock_iam::Context::new(),
+    )
+    .await?;
     let s = state
         .store
         .get_session(session_id)

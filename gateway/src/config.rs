@@ -18,6 +18,36 @@ pub struct Config {
     pub aws: AwsConfig,
     pub limits: LimitsConfig,
     pub sessions: SessionsConfig,
+    pub recordings: crate::recordings::RecordingsConfig,
+    pub iam: IamConfig,
+}
+
+/// `[iam]`: identity management. The account id used in ARNs is
+/// `aws.account_id`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IamConfig {
+    /// Declarative JSON file of users, groups, roles and policies applied
+    /// at every start (created or added, never deleted). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Lifetime of the short-lived role credentials agents obtain with
+    /// their registration key, seconds (1..=43200). Default 3600.
+    pub role_credentials_ttl_secs: u64,
+    /// Accept an instance's long-term registration key only for obtaining
+    /// role credentials (as on AWS). Default false, so agents that predate
+    /// role credentials keep working.
+    pub require_role_credentials: bool,
+}
+
+impl Default for IamConfig {
+    fn default() -> Self {
+        IamConfig {
+            file: None,
+            role_credentials_ttl_secs: 3600,
+            require_role_credentials: false,
+        }
+    }
 }
 
 /// Session lifecycle: concurrent-session limits and timeouts.
@@ -216,6 +246,7 @@ impl Config {
         if self.aws.region.is_empty() {
             return Err(GatewayError::Config("aws.region must not be empty".into()));
         }
+        self.recordings.validate().map_err(GatewayError::Config)?;
         if self.aws.account_id.len() != 12
             || !self.aws.account_id.bytes().all(|b| b.is_ascii_digit())
         {
@@ -226,6 +257,11 @@ impl Config {
         if self.limits.relay_buffer_frames == 0 {
             return Err(GatewayError::Config(
                 "limits.relay_buffer_frames must be > 0".into(),
+            ));
+        }
+        if !(1..=43_200).contains(&self.iam.role_credentials_ttl_secs) {
+            return Err(GatewayError::Config(
+                "iam.role_credentials_ttl_secs must be between 1 and 43200".into(),
             ));
         }
         let s = &self.sessions;

@@ -1,12 +1,15 @@
 //! In-memory state: one-time tokens, online agents' control-channel senders,
-//! and the relay state of live sessions. Nothing here survives a restart.
+//! and the relay state of live sessions. Nothing here survives a restart:
+//! after one, relays are rebuilt from the store (`lifecycle::restore_sessions`)
+//! and tokens are minted afresh by ResumeSession / the agent's data-channel
+//! POST, both of which re-authenticate the caller.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use crate::util::{new_token, now_ms, sha256_hex};
@@ -37,17 +40,66 @@ pub struct AgentHandle {
     pub tx: mpsc::Sender<Bytes>,
 }
 
+/// Which end of a session's relay a data-channel socket serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Agent,
+}
+
+/// How long a new socket waits for the one it replaces to let go of the
+/// side's queue.
+const TAKEOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A socket's hold on one side of a relay: the queue of frames bound for
+/// that side, and the token the next socket for the side cancels to take
+/// over (the old one may be a half-open connection its peer gave up on).
+pub struct Attachment {
+    pub rx: OwnedMutexGuard<mpsc::Receiver<Bytes>>,
+    pub replaced: CancellationToken,
+    /// This is not the side's first socket (a resume).
+    pub reattach: bool,
+}
+
+/// One side's attachment bookkeeping.
+struct SideState {
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    current: Mutex<Option<CancellationToken>>,
+    attaches: AtomicU32,
+    /// Ms since which no socket is attached (0 while one is); see
+    /// [`Relay::detached_ms`].
+    detached_ms: AtomicI64,
+}
+
+impl SideState {
+    fn new(rx: mpsc::Receiver<Bytes>, detached_ms: i64) -> Self {
+        SideState {
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            current: Mutex::new(None),
+            attaches: AtomicU32::new(0),
+            detached_ms: AtomicI64::new(detached_ms),
+        }
+    }
+}
+
 /// Relay state of one session. Frames are opaque bytes in both queues.
+///
+/// Frames for a side that is away stay in its bounded queue; when the queue
+/// is full the other side's socket is no longer read, which backpressures
+/// that peer. Frames already written into a socket that then died are lost
+/// here, but both peers keep every unacked frame and resend it (at once on
+/// their own reconnect, else on their retransmission timer), and drop what
+/// they already have by sequence number — so the relay never needs to
+/// replay anything itself, and nothing survives a gateway restart but the
+/// session row in the store.
 pub struct Relay {
     pub session_id: String,
     pub target: String,
     pub principal: String,
     pub to_client_tx: mpsc::Sender<Bytes>,
-    /// Taken by the attached client socket task, put back when it detaches,
-    /// so frames buffered for a reconnecting client are not lost.
-    pub to_client_rx: Mutex<Option<mpsc::Receiver<Bytes>>>,
     pub to_agent_tx: mpsc::Sender<Bytes>,
-    pub to_agent_rx: Mutex<Option<mpsc::Receiver<Bytes>>>,
+    client: SideState,
+    agent: SideState,
     /// Cancelled when the session ends; socket tasks then send channel_closed.
     pub cancel: CancellationToken,
     pub close_reason: Mutex<Option<String>>,
@@ -56,40 +108,86 @@ pub struct Relay {
     pub created_ms: i64,
     /// Set once the agent's data channel has attached.
     pub agent_attached: AtomicBool,
-    /// Ms since which no client socket is attached (the creation time for a
-    /// client that never attached); 0 while a client is attached.
-    pub client_detached_ms: AtomicI64,
+    /// The agent reported the session task complete: it will not reattach,
+    /// so losing its data channel ends the session instead of waiting.
+    pub agent_done: AtomicBool,
     /// Ms of the last frame relayed in either direction.
     pub last_activity_ms: AtomicI64,
 }
 
 impl Relay {
-    pub fn take_client_rx(&self) -> Option<mpsc::Receiver<Bytes>> {
-        self.to_client_rx.lock().ok()?.take()
-    }
-    pub fn put_client_rx(&self, rx: mpsc::Receiver<Bytes>) {
-        if let Ok(mut g) = self.to_client_rx.lock() {
-            *g = Some(rx);
+    fn side(&self, side: Side) -> &SideState {
+        match side {
+            Side::Client => &self.client,
+            Side::Agent => &self.agent,
         }
     }
-    pub fn take_agent_rx(&self) -> Option<mpsc::Receiver<Bytes>> {
-        self.to_agent_rx.lock().ok()?.take()
-    }
-    pub fn put_agent_rx(&self, rx: mpsc::Receiver<Bytes>) {
-        if let Ok(mut g) = self.to_agent_rx.lock() {
-            *g = Some(rx);
+
+    /// Claims `side` for a new socket, replacing the socket that holds it.
+    /// None when the old one does not let go in time or the session ended.
+    pub async fn attach(&self, side: Side) -> Option<Attachment> {
+        let st = self.side(side);
+        let mine = CancellationToken::new();
+        {
+            let mut cur = st.current.lock().ok()?;
+            if let Some(old) = cur.replace(mine.clone()) {
+                old.cancel();
+            }
         }
+        let rx = tokio::select! {
+            g = tokio::time::timeout(TAKEOVER_TIMEOUT, st.rx.clone().lock_owned()) => g.ok()?,
+            _ = self.cancel.cancelled() => return None,
+        };
+        // A newer socket claimed the side while this one waited.
+        if mine.is_cancelled() {
+            return None;
+        }
+        let reattach = st.attaches.fetch_add(1, Ordering::Relaxed) > 0;
+        st.detached_ms.store(0, Ordering::Relaxed);
+        if side == Side::Agent {
+            self.agent_attached.store(true, Ordering::Relaxed);
+        }
+        Some(Attachment {
+            rx,
+            replaced: mine,
+            reattach,
+        })
     }
+
+    /// The socket holding `side` is gone (not replaced): the side counts as
+    /// away from now on.
+    pub fn detach(&self, side: Side) {
+        self.side(side)
+            .detached_ms
+            .store(now_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// Ms since which `side` has had no socket, 0 while it has one. A client
+    /// that never attached counts from the session's creation; an agent
+    /// that never attached is covered by the attach timeout instead.
+    pub fn detached_ms(&self, side: Side) -> i64 {
+        self.side(side).detached_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn is_attached(&self, side: Side) -> bool {
+        let st = self.side(side);
+        st.attaches.load(Ordering::Relaxed) > 0 && st.detached_ms.load(Ordering::Relaxed) == 0
+    }
+
+    /// Treats both sides as away since `at_ms` (a gateway restart: the
+    /// peers must come back within the resume window).
+    pub fn mark_restored(&self, at_ms: i64) {
+        self.agent_attached.store(true, Ordering::Relaxed);
+        for st in [&self.client, &self.agent] {
+            st.attaches.store(1, Ordering::Relaxed);
+            st.detached_ms.store(at_ms.max(1), Ordering::Relaxed);
+        }
+        self.last_activity_ms.store(at_ms, Ordering::Relaxed);
+    }
+
     /// Records relayed traffic (either direction) for the idle timeout.
     pub fn touch(&self) {
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
-    }
-    pub fn client_attached(&self) {
-        self.client_detached_ms.store(0, Ordering::Relaxed);
-    }
-    pub fn client_detached(&self) {
-        self.client_detached_ms
-            .store(now_ms().max(1), Ordering::Relaxed);
     }
     pub fn reason(&self) -> Option<String> {
         self.close_reason.lock().ok().and_then(|g| g.clone())
@@ -220,15 +318,15 @@ pub fn new_relay(
         target: target.to_string(),
         principal: principal.to_string(),
         to_client_tx: ctx,
-        to_client_rx: Mutex::new(Some(crx)),
         to_agent_tx: atx,
-        to_agent_rx: Mutex::new(Some(arx)),
+        client: SideState::new(crx, now.max(1)),
+        agent: SideState::new(arx, 0),
         cancel: parent.child_token(),
         close_reason: Mutex::new(None),
         span: tracing::info_span!("session", session_id = %session_id, target = %target, principal = %principal),
         created_ms: now,
         agent_attached: AtomicBool::new(false),
-        client_detached_ms: AtomicI64::new(now.max(1)),
+        agent_done: AtomicBool::new(false),
         last_activity_ms: AtomicI64::new(now),
     }
 }
@@ -245,6 +343,38 @@ mod tests {
         assert!(!hub.redeem_token(TokenKind::Client, "s-2", &t));
         assert!(hub.redeem_token(TokenKind::Client, "s-1", &t));
         assert!(!hub.redeem_token(TokenKind::Client, "s-1", &t));
+    }
+
+    #[tokio::test]
+    async fn a_new_socket_takes_a_side_over_and_keeps_its_queue() {
+        let root = CancellationToken::new();
+        let relay = new_relay("s-1", "mi-1", "user/a", 4, &root);
+        assert!(!relay.is_attached(Side::Client));
+        assert!(relay.detached_ms(Side::Client) > 0);
+        let first = relay.attach(Side::Client).await.unwrap();
+        assert!(!first.reattach);
+        assert!(relay.is_attached(Side::Client));
+        relay
+            .to_client_tx
+            .send(Bytes::from_static(b"f"))
+            .await
+            .unwrap();
+        // The old holder lets go once told it was replaced.
+        let replaced = first.replaced.clone();
+        let old = tokio::spawn(async move {
+            replaced.cancelled().await;
+            drop(first);
+        });
+        let mut second = relay.attach(Side::Client).await.unwrap();
+        old.await.unwrap();
+        assert!(second.reattach);
+        assert_eq!(&second.rx.recv().await.unwrap()[..], b"f");
+        relay.detach(Side::Client);
+        assert!(!relay.is_attached(Side::Client));
+        // An ended session hands out nothing.
+        drop(second);
+        relay.cancel.cancel();
+        let _ = relay.attach(Side::Client).await;
     }
 
     #[test]

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::end_session_with;
 use crate::config::SessionsConfig;
-use crate::hub::Relay;
+use crate::hub::{new_relay, Relay, Side};
 use crate::server::AppState;
+use crate::store::{SessionFilter, COUNTING_STATES};
 use crate::util::now_ms;
 
 /// How often live sessions are checked against their deadlines.
@@ -52,6 +53,9 @@ pub struct Clock {
     pub agent_attached: bool,
     /// 0 while a client is attached.
     pub client_detached_ms: i64,
+    /// 0 while the agent's data channel is attached (or before its first
+    /// attach, which the attach timeout covers).
+    pub agent_detached_ms: i64,
     pub last_activity_ms: i64,
 }
 
@@ -60,7 +64,8 @@ impl Clock {
         Clock {
             created_ms: relay.created_ms,
             agent_attached: relay.agent_attached.load(Ordering::Relaxed),
-            client_detached_ms: relay.client_detached_ms.load(Ordering::Relaxed),
+            client_detached_ms: relay.detached_ms(Side::Client),
+            agent_detached_ms: relay.detached_ms(Side::Agent),
             last_activity_ms: relay.last_activity_ms.load(Ordering::Relaxed),
         }
     }
@@ -98,6 +103,14 @@ pub fn verdict(cfg: &SessionsConfig, c: Clock, now: i64) -> Option<Verdict> {
             reason: format!("client disconnected and did not resume within {h}"),
         });
     }
+    if c.agent_detached_ms > 0 && past(c.agent_detached_ms, cfg.resume_window_secs, now) {
+        let h = human_secs(cfg.resume_window_secs);
+        return Some(Verdict {
+            status: "Failed",
+            output: format!("The agent did not reconnect within {h}"),
+            reason: format!("agent data channel lost and not resumed within {h}"),
+        });
+    }
     if past(c.last_activity_ms, cfg.idle_timeout_secs, now) {
         return Some(Verdict {
             status: "Terminated",
@@ -112,7 +125,10 @@ pub fn verdict(cfg: &SessionsConfig, c: Clock, now: i64) -> Option<Verdict> {
 /// also ends stored sessions that no relay of this gateway holds and that
 /// have not changed state for a resume window (e.g. after a restart).
 pub async fn reap_once(state: &AppState, now: i64, scan_orphans: bool) {
-    let cfg = &state.config.sessions;
+    // Session Manager preferences (idleSessionTimeout, maxSessionDuration)
+    // take precedence over the configuration when set.
+    let effective = crate::documents::effective_sessions_config(state).await;
+    let cfg = &effective;
     for relay in state.hub.relays() {
         if let Some(v) = verdict(cfg, Clock::of(&relay), now) {
             relay.span.in_scope(
@@ -137,6 +153,75 @@ pub async fn reap_once(state: &AppState, now: i64, scan_orphans: bool) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "orphan scan failed"),
+    }
+}
+
+/// After a (re)start: rebuilds a relay for every session the store still
+/// counts as live, with both sides away since now, so ResumeSession and the
+/// agent's data-channel POST find it and the reaper gives the peers a full
+/// resume window to come back. Runs before the listener serves anything.
+/// (With several gateways on one store this would need an owner column;
+/// today there is one gateway per store.)
+pub async fn restore_sessions(state: &AppState) {
+    let filter = SessionFilter {
+        statuses: COUNTING_STATES.iter().map(|s| s.to_string()).collect(),
+        ..SessionFilter::default()
+    };
+    let sessions = match state.store.list_sessions(filter).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "could not list sessions to restore");
+            return;
+        }
+    };
+    let now = now_ms();
+    let window = human_secs(state.config.sessions.resume_window_secs);
+    for s in sessions {
+        if state.hub.relay(&s.session_id).is_some() {
+            continue;
+        }
+        let principal = s
+            .owner
+            .rsplit_once(':')
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
+        let mut relay = new_relay(
+            &s.session_id,
+            &s.target,
+            &principal,
+            state.config.limits.relay_buffer_frames,
+            &state.sessions_cancel,
+        );
+        // Maximum duration counts from the real start, not the restart.
+        relay.created_ms = s.start_ms;
+        relay.mark_restored(now);
+        let relay = Arc::new(relay);
+        state.hub.insert_relay(relay.clone());
+        relay
+            .span
+            .in_scope(|| tracing::info!("session restored; waiting for client and agent"));
+        let details = format!(
+            "Disconnected: gateway restarted; waiting {window} for the client and the agent to reattach"
+        );
+        let _ = state
+            .store
+            .update_session_status(&s.session_id, "Disconnected", None, Some(&details))
+            .await;
+    }
+}
+
+/// On a graceful shutdown: live sessions stay in the store as Disconnected
+/// (their sockets get a 1012 close, not channel_closed) so a restarted
+/// gateway can take them back.
+pub async fn suspend_sessions(state: &AppState) {
+    let window = human_secs(state.config.sessions.resume_window_secs);
+    for relay in state.hub.relays() {
+        let details =
+            format!("Disconnected: gateway shutting down; resumable for {window} once it is back");
+        let _ = state
+            .store
+            .update_session_status(&relay.session_id, "Disconnected", None, Some(&details))
+            .await;
     }
 }
 
@@ -168,6 +253,7 @@ mod tests {
             created_ms: 1_000_000,
             agent_attached: true,
             client_detached_ms: 0,
+            agent_detached_ms: 0,
             last_activity_ms: 1_000_000,
         }
     }
@@ -206,6 +292,21 @@ mod tests {
         assert_eq!(
             verdict(&cfg, c, 1_000_000 + 30_000).unwrap().status,
             "Failed"
+        );
+    }
+
+    #[test]
+    fn agent_that_does_not_come_back_fails_after_the_window() {
+        let cfg = SessionsConfig::default();
+        let mut c = clock();
+        c.agent_detached_ms = 1_000_000;
+        c.last_activity_ms = 1_000_000;
+        assert_eq!(verdict(&cfg, c, 1_000_000 + 119_000), None);
+        let v = verdict(&cfg, c, 1_000_000 + 120_000).unwrap();
+        assert_eq!(v.status, "Failed");
+        assert_eq!(
+            v.reason,
+            "agent data channel lost and not resumed within 2m"
         );
     }
 

@@ -32,9 +32,18 @@ pub struct AppState {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub hub: Hub,
+    pub kms: crate::kms_api::Kms,
+    pub documents: crate::documents::DocStore,
     /// Root of every session's cancellation token.
     pub sessions_cancel: CancellationToken,
     pub tracker: TaskTracker,
+    /// Users, groups, roles and policies (issue 3).
+    pub iam: Arc<dyn crate::iam_store::IamStore>,
+    /// Authorization decisions, one JSON line each.
+    pub audit: crate::audit::AuditLog,
+    pub recordings: crate::recordings::Recordings,
+    /// Mints and verifies agents' short-lived role credentials.
+    pub role_creds: crate::role_creds::RoleCredentialMinter,
 }
 
 /// A configured gateway, ready to serve.
@@ -52,6 +61,7 @@ pub fn new_access_key(principal: &str) -> AccessKey {
         secret: random_string(SECRET_CHARS, 40),
         principal: principal.to_string(),
         created_ms: now_ms(),
+        status: "Active".into(),
     }
 }
 
@@ -79,6 +89,22 @@ impl Gateway {
         let root_key = load_root_key(&dir.join("root.key"))?;
         let store = SqliteStore::open(&dir.join("gateway.db"), &root_key)?;
         let store: Arc<dyn Store> = Arc::new(store);
+        let kms = crate::kms_api::Kms::open(
+            &dir.join("gateway.db"),
+            crate::kms_store::kms_root_key(&root_key)?,
+            &config.aws.region,
+            &config.aws.account_id,
+        )?;
+        let documents = crate::documents::DocStore::open(&dir.join("gateway.db"))?;
+        let iam = crate::iam_store::SqliteIamStore::open(&dir.join("gateway.db"))?;
+        let iam: Arc<dyn crate::iam_store::IamStore> = Arc::new(iam);
+        crate::admin_api::bootstrap(iam.as_ref()).await?;
+        if let Some(file) = &config.iam.file {
+            let text = std::fs::read_to_string(file).map_err(|e| GatewayError::io(file, e))?;
+            crate::admin_api::apply_declarative(iam.as_ref(), &config.aws.account_id, &text)
+                .await?;
+        }
+        let audit = crate::audit::AuditLog::open(&dir.join("audit.log"))?;
 
         let admin = match store.access_key_for_principal("user/admin").await? {
             Some(k) => k,
@@ -105,12 +131,20 @@ impl Gateway {
             Some(crate::tls::acceptor(&paths)?)
         };
 
+        let recordings = crate::recordings::Recordings::new(&config.recordings, &dir)
+            .map_err(GatewayError::Config)?;
         let state = Arc::new(AppState {
+            recordings,
             config,
             store,
             hub: Hub::new(),
+            kms,
+            documents,
             sessions_cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            iam,
+            audit,
+            role_creds: crate::role_creds::RoleCredentialMinter::new(&root_key),
         });
         Ok(Gateway {
             state,
@@ -154,6 +188,8 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let state = self.state.clone();
         let conns = TaskTracker::new();
+        // Before anything is served: sessions a previous process left live.
+        crate::lifecycle::restore_sessions(&self.state).await;
         self.state.tracker.spawn(crate::lifecycle::run_reaper(
             self.state.clone(),
             shutdown.clone(),
@@ -181,7 +217,7 @@ impl Gateway {
                             tokio::time::timeout(Duration::from_secs(15), acc.accept(tcp)).await;
                         match hs {
                             Ok(Ok(stream)) => {
-                                serve_conn(state, TokioIo::new(stream), true, shutdown).await
+                                serve_conn(state, TokioIo::new(stream), true, peer, shutdown).await
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -189,11 +225,13 @@ impl Gateway {
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
                     }
-                    None => serve_conn(state, TokioIo::new(tcp), false, shutdown).await,
+                    None => serve_conn(state, TokioIo::new(tcp), false, peer, shutdown).await,
                 }
             });
         }
-        // Stop sessions: their socket tasks send channel_closed and exit.
+        // Sessions outlive the process: recorded as Disconnected, their
+        // sockets closed with 1012 so peers resume against the next one.
+        crate::lifecycle::suspend_sessions(&self.state).await;
         self.state.sessions_cancel.cancel();
         conns.close();
         self.state.tracker.close();
@@ -210,13 +248,14 @@ async fn serve_conn<I>(
     state: Arc<AppState>,
     io: TokioIo<I>,
     secure: bool,
+    peer: SocketAddr,
     shutdown: CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(state, req, secure).await) }
+        async move { Ok::<_, std::convert::Infallible>(route(state, req, secure, peer).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -260,6 +299,10 @@ pub struct ReadRequest {
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
     pub secure: bool,
+    /// The TCP peer (`aws:SourceIp`); `None` outside a real connection.
+    pub peer: Option<SocketAddr>,
+    /// Also sent back as `x-amzn-RequestId`; recorded in audit events.
+    pub request_id: String,
 }
 
 impl ReadRequest {
@@ -291,16 +334,27 @@ fn header_pairs(h: &http::HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn route(state: Arc<AppState>, req: Request<Incoming>, secure: bool) -> Response<Body> {
+async fn route(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    secure: bool,
+    peer: SocketAddr,
+) -> Response<Body> {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let mut resp = route_inner(state, req, secure).await;
+    let mut resp = route_inner(state, req, secure, peer, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-amzn-RequestId", v);
     }
     resp
 }
 
-async fn route_inner(state: Arc<AppState>, req: Request<Incoming>, secure: bool) -> Response<Body> {
+async fn route_inner(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    secure: bool,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let is_upgrade = req
         .headers()
@@ -316,6 +370,9 @@ async fn route_inner(state: Arc<AppState>, req: Request<Incoming>, secure: bool)
             let id = id.to_string();
             return crate::ws::upgrade(state, req, crate::ws::Channel::Data(id));
         }
+    }
+    if crate::console::is_console_path(&path) {
+        return crate::console::serve(&state, req.method(), &path, secure);
     }
     if req.method() != http::Method::POST {
         return error_response(&ApiError {
@@ -343,9 +400,27 @@ async fn route_inner(state: Arc<AppState>, req: Request<Incoming>, secure: bool)
         headers: header_pairs(&parts.headers),
         body,
         secure,
+        peer: Some(peer),
+        request_id: request_id.to_string(),
     };
-    let result = if rr.path == "/" {
+    let is_admin = rr
+        .header("x-amz-target")
+        .is_some_and(|t| t.starts_with("AirlockIAM."));
+    let is_kms = rr
+        .header("x-amz-target")
+        .is_some_and(|t| t.starts_with("TrentService."));
+    let result = if (rr.path == "/" && is_admin) || rr.path == "/airlock/v1/iam" {
+        crate::admin_api::handle(&state, &rr).await
+    } else if rr.path == "/" && is_kms {
+        crate::kms_api::handle(&state, &rr).await
+    } else if rr.path == "/" {
         crate::api::ssm(&state, &rr).await
+    } else if rr.path == "/airlock/v1/recordings" {
+        crate::recordings::handle(&state, &rr).await
+    } else if rr.path == crate::role_creds::PATH {
+        crate::role_creds::handle(&state, &rr).await
+    } else if rr.path == crate::console::CREDENTIALS_PATH {
+        crate::console::credentials(&state, &rr).await
     } else if rr.path == "/airlock/v1/register" {
         crate::api::register(&state, &rr).await
     } else if let Some(id) = rr.path.strip_prefix("/v1/control-channel/") {

@@ -33,6 +33,8 @@ pub struct AccessKey {
     /// `user/<name>` or `instance/<mi-id>`.
     pub principal: String,
     pub created_ms: i64,
+    /// `Active` or `Inactive` (an inactive key fails authentication at once).
+    pub status: String,
 }
 
 impl std::fmt::Debug for AccessKey {
@@ -40,6 +42,7 @@ impl std::fmt::Debug for AccessKey {
         f.debug_struct("AccessKey")
             .field("access_key_id", &self.access_key_id)
             .field("principal", &self.principal)
+            .field("status", &self.status)
             .finish_non_exhaustive()
     }
 }
@@ -194,6 +197,21 @@ pub trait Store: Send + Sync + 'static {
         &self,
         principal: &str,
     ) -> Result<Option<AccessKey>, StoreError>;
+    /// Every key of `principal`, oldest first.
+    async fn list_access_keys(&self, principal: &str) -> Result<Vec<AccessKey>, StoreError>;
+    /// False if `principal` owns no key `access_key_id`.
+    async fn set_access_key_status(
+        &self,
+        principal: &str,
+        access_key_id: &str,
+        status: &str,
+    ) -> Result<bool, StoreError>;
+    /// False if `principal` owns no key `access_key_id`.
+    async fn delete_access_key(
+        &self,
+        principal: &str,
+        access_key_id: &str,
+    ) -> Result<bool, StoreError>;
 
     async fn put_activation(&self, a: Activation) -> Result<(), StoreError>;
     async fn get_activation(&self, id: &str) -> Result<Option<Activation>, StoreError>;
@@ -341,6 +359,15 @@ impl SqliteStore {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
         )?;
         conn.execute_batch(SCHEMA)?;
+        // Databases created before key status existed get the column here.
+        let has_status = conn
+            .prepare("SELECT status FROM access_keys LIMIT 0")
+            .is_ok();
+        if !has_status {
+            conn.execute_batch(
+                "ALTER TABLE access_keys ADD COLUMN status TEXT NOT NULL DEFAULT 'Active'",
+            )?;
+        }
         let unbound = UnboundKey::new(&AES_256_GCM, root_key).map_err(|_| StoreError::Unseal)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -401,6 +428,7 @@ fn row_key(key: &LessSafeKey, r: &rusqlite::Row<'_>) -> Result<AccessKey, StoreE
         access_key_id: id,
         principal: r.get(2)?,
         created_ms: r.get(3)?,
+        status: r.get(4)?,
     })
 }
 
@@ -458,8 +486,8 @@ const SESS_COLS: &str = "session_id, target, owner, document_name, status, start
 fn insert_key(conn: &Connection, key: &LessSafeKey, k: &AccessKey) -> Result<(), StoreError> {
     let sealed = seal(key, &k.access_key_id, &k.secret)?;
     conn.execute(
-        "INSERT INTO access_keys (access_key_id, sealed_secret, principal, created_ms) VALUES (?1, ?2, ?3, ?4)",
-        params![k.access_key_id, sealed, k.principal, k.created_ms],
+        "INSERT INTO access_keys (access_key_id, sealed_secret, principal, created_ms, status) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![k.access_key_id, sealed, k.principal, k.created_ms, k.status],
     )?;
     Ok(())
 }
@@ -526,7 +554,7 @@ impl Store for SqliteStore {
     async fn get_access_key(&self, id: &str) -> Result<Option<AccessKey>, StoreError> {
         let id = id.to_string();
         self.with(move |c, key| {
-            let mut st = c.prepare_cached("SELECT access_key_id, sealed_secret, principal, created_ms FROM access_keys WHERE access_key_id = ?1")?;
+            let mut st = c.prepare_cached("SELECT access_key_id, sealed_secret, principal, created_ms, status FROM access_keys WHERE access_key_id = ?1")?;
             let mut rows = st.query(params![id])?;
             match rows.next()? {
                 Some(r) => Ok(Some(row_key(key, r)?)),
@@ -542,12 +570,61 @@ impl Store for SqliteStore {
     ) -> Result<Option<AccessKey>, StoreError> {
         let p = principal.to_string();
         self.with(move |c, key| {
-            let mut st = c.prepare_cached("SELECT access_key_id, sealed_secret, principal, created_ms FROM access_keys WHERE principal = ?1 ORDER BY created_ms LIMIT 1")?;
+            let mut st = c.prepare_cached("SELECT access_key_id, sealed_secret, principal, created_ms, status FROM access_keys WHERE principal = ?1 ORDER BY created_ms LIMIT 1")?;
             let mut rows = st.query(params![p])?;
             match rows.next()? {
                 Some(r) => Ok(Some(row_key(key, r)?)),
                 None => Ok(None),
             }
+        })
+        .await
+    }
+
+    async fn list_access_keys(&self, principal: &str) -> Result<Vec<AccessKey>, StoreError> {
+        let p = principal.to_string();
+        self.with(move |c, key| {
+            let mut st = c.prepare_cached("SELECT access_key_id, sealed_secret, principal, created_ms, status FROM access_keys WHERE principal = ?1 ORDER BY created_ms, access_key_id")?;
+            let mut rows = st.query(params![p])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(row_key(key, r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_access_key_status(
+        &self,
+        principal: &str,
+        access_key_id: &str,
+        status: &str,
+    ) -> Result<bool, StoreError> {
+        let (p, id, status) = (
+            principal.to_string(),
+            access_key_id.to_string(),
+            status.to_string(),
+        );
+        self.with(move |c, _| {
+            Ok(c.execute(
+                "UPDATE access_keys SET status = ?3 WHERE principal = ?1 AND access_key_id = ?2",
+                params![p, id, status],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn delete_access_key(
+        &self,
+        principal: &str,
+        access_key_id: &str,
+    ) -> Result<bool, StoreError> {
+        let (p, id) = (principal.to_string(), access_key_id.to_string());
+        self.with(move |c, _| {
+            Ok(c.execute(
+                "DELETE FROM access_keys WHERE principal = ?1 AND access_key_id = ?2",
+                params![p, id],
+            )? > 0)
         })
         .await
     }

@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::api::end_session;
 use crate::error::ApiError;
-use crate::hub::{AgentHandle, Relay, TokenKind, CONTROL_QUEUE};
+use crate::hub::{AgentHandle, Relay, Side, TokenKind, CONTROL_QUEUE};
 use crate::server::{error_response, AppState, Body};
 use crate::util::now_ms;
 
@@ -302,6 +302,22 @@ async fn handle_control_frame(state: &AppState, ws: &mut Ws, instance_id: &str, 
                 "The agent reported the session task failed.",
             )
             .await;
+        } else if relay.target == instance_id {
+            // Finished: the agent will not reattach. If its data channel is
+            // already gone (its terminating frame lost with the socket), end
+            // now; else the data channel's end does (see agent_side).
+            relay
+                .agent_done
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if !relay.is_attached(Side::Agent) {
+                end_session(
+                    state,
+                    &done.task_id,
+                    "Terminated",
+                    "Session ended by the agent.",
+                )
+                .await;
+            }
         }
     }
 }
@@ -354,21 +370,70 @@ async fn send_closed(ws: &mut Ws, relay: &Relay, destination: &str) {
     close(ws, CloseCode::Normal, "").await;
 }
 
+/// How a data-channel socket task ended.
+enum End {
+    /// The session ended (or the gateway is shutting down).
+    Cancelled,
+    /// A newer socket took this side over.
+    Replaced,
+    /// The socket failed or the peer closed it: the side is away.
+    Lost,
+}
+
+/// The gateway is stopping while the session lives on in the store: peers
+/// get a "service restart" close (1012) and no channel_closed, so they
+/// reconnect instead of ending the session.
+fn shutting_down(state: &AppState, relay: &Relay) -> bool {
+    state.sessions_cancel.is_cancelled() && state.hub.relay(&relay.session_id).is_some()
+}
+
+async fn close_for_restart(ws: &mut Ws) {
+    close(
+        ws,
+        CloseCode::Restart,
+        "gateway restarting; resume the session",
+    )
+    .await;
+}
+
+/// Records a side's return: Connected once both sides are back.
+async fn note_reattached(state: &AppState, relay: &Relay, side: Side) {
+    let (who, other) = match side {
+        Side::Client => ("client resumed", Side::Agent),
+        Side::Agent => ("agent data channel reattached", Side::Client),
+    };
+    let (status, details) = if relay.is_attached(other) {
+        ("Connected", format!("Connected: {who}"))
+    } else {
+        let waiting = match other {
+            Side::Client => "waiting for the client to resume",
+            Side::Agent => "waiting for the agent to reconnect",
+        };
+        ("Disconnected", format!("Disconnected: {who}; {waiting}"))
+    };
+    tracing::info!("{}", details);
+    let _ = state
+        .store
+        .update_session_status(&relay.session_id, status, None, Some(&details))
+        .await;
+}
+
 async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
-    let Some(mut rx) = relay.take_agent_rx() else {
+    let Some(mut att) = relay.attach(Side::Agent).await else {
         return close(&mut ws, CloseCode::Policy, "agent already attached").await;
     };
-    relay
-        .agent_attached
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!("agent data channel attached");
-    let mut cancelled = false;
-    'outer: loop {
+    if att.reattach {
+        note_reattached(&state, &relay, Side::Agent).await;
+    } else {
+        tracing::info!("agent data channel attached");
+    }
+    let end = 'outer: loop {
         tokio::select! {
-            _ = relay.cancel.cancelled() => { cancelled = true; break }
-            m = rx.recv() => match m {
-                Some(b) => if !send(&mut ws, Message::Binary(b)).await { break },
-                None => break,
+            _ = relay.cancel.cancelled() => break End::Cancelled,
+            _ = att.replaced.cancelled() => break End::Replaced,
+            m = att.rx.recv() => match m {
+                Some(b) => if !send(&mut ws, Message::Binary(b)).await { break End::Lost },
+                None => break End::Lost,
             },
             m = ws.next() => match m {
                 Some(Ok(Message::Binary(b))) => match peek_message_type(&b) {
@@ -391,86 +456,29 @@ async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
                         // Bounded: when the client is absent and the buffer is
                         // full we stop reading the agent socket (backpressure).
                         tokio::select! {
-                            r = relay.to_client_tx.send(b) => if r.is_err() { break 'outer },
-                            _ = relay.cancel.cancelled() => { cancelled = true; break 'outer }
+                            r = relay.to_client_tx.send(b) => if r.is_err() { break 'outer End::Lost },
+                            _ = relay.cancel.cancelled() => break 'outer End::Cancelled,
+                            _ = att.replaced.cancelled() => break 'outer End::Replaced,
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "malformed agent frame dropped"),
                 },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Lost,
                 Some(Ok(_)) => {}
             },
         }
-    }
-    relay.put_agent_rx(rx);
-    if cancelled || relay.cancel.is_cancelled() {
-        send_closed(&mut ws, &relay, &relay.target).await;
-    } else {
-        tracing::info!("agent data channel dropped");
-        end_session(
-            &state,
-            &relay.session_id,
-            "Failed",
-            "The agent's data channel closed.",
-        )
-        .await;
-        close(&mut ws, CloseCode::Normal, "").await;
-    }
-}
-
-async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
-    let Some(mut rx) = relay.take_client_rx() else {
-        return close(&mut ws, CloseCode::Policy, "a client is already attached").await;
     };
-    tracing::info!("client attached");
-    relay.client_attached();
-    relay.touch();
-    let _ = state
-        .store
-        .update_session_status(
-            &relay.session_id,
-            "Connected",
-            None,
-            Some("Connected: client attached"),
-        )
-        .await;
-    let mut cancelled = false;
-    'outer: loop {
-        tokio::select! {
-            _ = relay.cancel.cancelled() => { cancelled = true; break }
-            m = rx.recv() => match m {
-                Some(b) => if !send(&mut ws, Message::Binary(b)).await { break },
-                None => break,
-            },
-            m = ws.next() => match m {
-                Some(Ok(Message::Binary(b))) => {
-                    relay.touch();
-                    tokio::select! {
-                        r = relay.to_agent_tx.send(b) => if r.is_err() { break 'outer },
-                        _ = relay.cancel.cancelled() => { cancelled = true; break 'outer }
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            },
-        }
-    }
-    if cancelled || relay.cancel.is_cancelled() {
-        // Deliver what the agent sent before the end (e.g. the exit code).
-        while let Ok(b) = rx.try_recv() {
-            if !send(&mut ws, Message::Binary(b)).await {
-                break;
-            }
-        }
-        relay.put_client_rx(rx);
-        send_closed(&mut ws, &relay, &relay.session_id).await;
-    } else {
-        relay.put_client_rx(rx);
-        relay.client_detached();
-        tracing::info!("client detached");
+    // The side is marked away (and recorded so) while the queue is still
+    // held, so a socket taking over afterwards is never mistaken for a
+    // detached one.
+    if let End::Lost = end {
+        // The agent redials with a fresh token; the session waits for it for
+        // the resume window (the reaper fails it after that).
+        relay.detach(Side::Agent);
+        tracing::info!("agent data channel dropped");
         if state.hub.relay(&relay.session_id).is_some() {
             let details = format!(
-                "Disconnected: client connection lost without TerminateSession; resumable for {}",
+                "Disconnected: agent data channel lost; waiting {} for the agent to reconnect",
                 crate::lifecycle::human_secs(state.config.sessions.resume_window_secs)
             );
             let _ = state
@@ -478,6 +486,105 @@ async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
                 .update_session_status(&relay.session_id, "Disconnected", None, Some(&details))
                 .await;
         }
-        close(&mut ws, CloseCode::Normal, "").await;
+    }
+    drop(att);
+    if matches!(end, End::Lost) && relay.agent_done.load(std::sync::atomic::Ordering::Relaxed) {
+        end_session(
+            &state,
+            &relay.session_id,
+            "Terminated",
+            "Session ended by the agent.",
+        )
+        .await;
+    }
+    match end {
+        End::Cancelled if shutting_down(&state, &relay) => close_for_restart(&mut ws).await,
+        End::Cancelled => send_closed(&mut ws, &relay, &relay.target).await,
+        End::Replaced => {
+            tracing::info!("agent data channel replaced by a newer connection");
+            close(&mut ws, CloseCode::Normal, "replaced").await;
+        }
+        End::Lost => close(&mut ws, CloseCode::Normal, "").await,
+    }
+}
+
+async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
+    let Some(mut att) = relay.attach(Side::Client).await else {
+        return close(&mut ws, CloseCode::Policy, "a client is already attached").await;
+    };
+    relay.touch();
+    if att.reattach {
+        note_reattached(&state, &relay, Side::Client).await;
+    } else {
+        tracing::info!("client attached");
+        let _ = state
+            .store
+            .update_session_status(
+                &relay.session_id,
+                "Connected",
+                None,
+                Some("Connected: client attached"),
+            )
+            .await;
+    }
+    let end = 'outer: loop {
+        tokio::select! {
+            _ = relay.cancel.cancelled() => break End::Cancelled,
+            _ = att.replaced.cancelled() => break End::Replaced,
+            m = att.rx.recv() => match m {
+                Some(b) => if !send(&mut ws, Message::Binary(b)).await { break End::Lost },
+                None => break End::Lost,
+            },
+            m = ws.next() => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    relay.touch();
+                    tokio::select! {
+                        r = relay.to_agent_tx.send(b) => if r.is_err() { break 'outer End::Lost },
+                        _ = relay.cancel.cancelled() => break 'outer End::Cancelled,
+                        _ = att.replaced.cancelled() => break 'outer End::Replaced,
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Lost,
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+    match end {
+        End::Cancelled if shutting_down(&state, &relay) => {
+            drop(att);
+            close_for_restart(&mut ws).await;
+        }
+        End::Cancelled => {
+            // Deliver what the agent sent before the end (e.g. the exit code).
+            while let Ok(b) = att.rx.try_recv() {
+                if !send(&mut ws, Message::Binary(b)).await {
+                    break;
+                }
+            }
+            drop(att);
+            send_closed(&mut ws, &relay, &relay.session_id).await;
+        }
+        End::Replaced => {
+            drop(att);
+            tracing::info!("client socket replaced by a newer connection");
+            close(&mut ws, CloseCode::Normal, "replaced").await;
+        }
+        End::Lost => {
+            // Marked away while the queue is still held (see agent_side).
+            relay.detach(Side::Client);
+            tracing::info!("client detached");
+            if state.hub.relay(&relay.session_id).is_some() {
+                let details = format!(
+                    "Disconnected: client connection lost without TerminateSession; resumable for {}",
+                    crate::lifecycle::human_secs(state.config.sessions.resume_window_secs)
+                );
+                let _ = state
+                    .store
+                    .update_session_status(&relay.session_id, "Disconnected", None, Some(&details))
+                    .await;
+            }
+            drop(att);
+            close(&mut ws, CloseCode::Normal, "").await;
+        }
     }
 }

@@ -168,7 +168,7 @@ pub enum NonceSource<'r> {
     /// should itself be random.
     Counter([u8; NONCE_LEN]),
     /// A fresh random nonce per payload (the client's way).
-    Random(&'r dyn SecureRandom),
+    Random(&'r (dyn SecureRandom + Send + Sync)),
 }
 
 impl fmt::Debug for NonceSource<'_> {

@@ -103,6 +103,7 @@ pub struct DataChannel {
     sender: DataSender,
     events: mpsc::Receiver<ChannelEvent>,
     task: JoinHandle<()>,
+    redial: Option<(Duration, Dialer)>,
 }
 
 /// A cloneable sending half, for a task that sends while another one owns
@@ -219,6 +220,7 @@ impl DataChannel {
             sender: DataSender { commands: cmd_tx },
             events: ev_rx,
             task,
+            redial: None,
         }
     }
 
@@ -245,9 +247,23 @@ impl DataChannel {
         self.sender.send_unsequenced(message_type, payload).await
     }
 
-    /// Next event; None once the driver has stopped.
+    /// Next event; None once the driver has stopped. With a redial
+    /// strategy set, socket drops are healed here and not reported.
     pub async fn recv(&mut self) -> Option<ChannelEvent> {
-        self.events.recv().await
+        loop {
+            let ev = self.events.recv().await?;
+            let ChannelEvent::Disconnected(why) = &ev else {
+                return Some(ev);
+            };
+            let Some((window, dialer)) = self.redial.as_mut() else {
+                return Some(ev);
+            };
+            tracing::info!(reason = ?why, "data channel socket lost; resuming");
+            match redial_with(&self.sender, *window, dialer).await {
+                Ok(attempts) => tracing::info!(attempts, "data channel resumed"),
+                Err(e) => return Some(ChannelEvent::Disconnected(Disconnect::Lost(e.to_string()))),
+            }
+        }
     }
 
     /// Replaces the socket after a drop; unacked frames are resent at once.
@@ -274,6 +290,137 @@ impl DataChannel {
     /// Closes the websocket cleanly and stops the task.
     pub async fn close(self) {
         let _ = self.sender.command(|reply| Command::Close { reply }).await;
+    }
+}
+
+/// Jittered, bounded exponential backoff for redialing: the first delay is
+/// 100–199 ms (spec §3.3), each next one doubles, capped at `cap`; every
+/// delay is jittered to 50–100 % of its nominal value so peers that lost the
+/// same gateway do not come back in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    nominal: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    pub fn new(cap: Duration) -> Self {
+        let d0 = Duration::from_millis(100 + random_seed() % 100);
+        Backoff {
+            nominal: d0.min(cap),
+            cap,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let jitter = 0.5 + (random_seed() % 1000) as f64 / 2000.0;
+        let d = self.nominal.mul_f64(jitter);
+        self.nominal = (self.nominal * 2).min(self.cap);
+        d
+    }
+}
+
+/// Largest pause between two redial attempts.
+pub const REDIAL_BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// What one redial attempt reports when it produced no socket.
+#[derive(Debug)]
+pub enum Redial<E> {
+    /// Transient (network down, gateway restarting): try again later.
+    Retry(String),
+    /// The session cannot be resumed (terminated, access denied): stop.
+    Stop(E),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedialError<E: std::fmt::Debug> {
+    #[error("the session cannot be resumed: {0:?}")]
+    Stopped(E),
+    #[error("could not reconnect within {}s: {last}", .window.as_secs())]
+    GaveUp { window: Duration, last: String },
+    #[error("data channel closed")]
+    Closed,
+}
+
+/// A boxed redial attempt, for [`DataChannel::set_redial`].
+pub type DialFuture =
+    Pin<Box<dyn std::future::Future<Output = Result<(WsStream, String), Redial<String>>> + Send>>;
+/// Produces one redial attempt per call.
+pub type Dialer = Box<dyn FnMut() -> DialFuture + Send + Sync>;
+
+impl DataChannel {
+    /// Reattaches the channel after its socket went away: calls `dial` (which
+    /// fetches a fresh token — ResumeSession for a client, a new data-channel
+    /// POST for an agent — and opens a websocket) with [`Backoff`] until one
+    /// socket takes the open message, `dial` says stop, or `window` passes.
+    /// Unacked frames are resent on the new socket; the receive side already
+    /// drops duplicates by sequence number, so nothing is lost or doubled.
+    /// Returns the number of attempts made.
+    pub async fn redial<E, F, Fut>(&self, window: Duration, dial: F) -> Result<u32, RedialError<E>>
+    where
+        E: std::fmt::Debug,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(WsStream, String), Redial<E>>>,
+    {
+        redial_with(&self.sender, window, dial).await
+    }
+
+    /// Makes [`DataChannel::recv`] reattach by itself: a dropped socket is
+    /// redialed with `dialer` for up to `window`, and `Disconnected` is only
+    /// reported (as `Lost` with the reason) once that fails.
+    pub fn set_redial(&mut self, window: Duration, dialer: Dialer) {
+        self.redial = Some((window, dialer));
+    }
+}
+
+async fn redial_with<E, F, Fut>(
+    sender: &DataSender,
+    window: Duration,
+    mut dial: F,
+) -> Result<u32, RedialError<E>>
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(WsStream, String), Redial<E>>>,
+{
+    let give_up = tokio::time::Instant::now() + window;
+    let mut backoff = Backoff::new(REDIAL_BACKOFF_CAP);
+    let mut last = String::from("no attempt made");
+    let mut attempt = 0u32;
+    loop {
+        let wake = tokio::time::Instant::now() + backoff.next_delay();
+        if wake >= give_up {
+            return Err(RedialError::GaveUp { window, last });
+        }
+        tokio::time::sleep_until(wake).await;
+        attempt += 1;
+        let dialed = tokio::time::timeout_at(give_up, dial()).await;
+        let (ws, open) = match dialed {
+            Err(_) => return Err(RedialError::GaveUp { window, last }),
+            Ok(Err(Redial::Stop(e))) => return Err(RedialError::Stopped(e)),
+            Ok(Err(Redial::Retry(why))) => {
+                tracing::debug!(attempt, error = %why, "redial attempt failed");
+                last = why;
+                continue;
+            }
+            Ok(Ok(x)) => x,
+        };
+        let r = sender
+            .command(|reply| Command::Reconnect {
+                ws: Box::new(ws),
+                open,
+                reply,
+            })
+            .await
+            .and_then(|r| r);
+        match r {
+            Ok(()) => return Ok(attempt),
+            Err(ChannelError::Closed) => return Err(RedialError::Closed),
+            Err(e) => {
+                tracing::debug!(attempt, error = %e, "new socket failed at once");
+                last = e.to_string();
+            }
+        }
     }
 }
 
@@ -434,7 +581,10 @@ impl Driver {
             Command::Reconnect { ws, open, reply } => {
                 self.pending_disconnect = None;
                 self.attach(*ws, open).await;
-                let r = match &self.pending_disconnect {
+                // A socket that failed at once is reported through the reply
+                // only, so the caller does not see a stale Disconnected event
+                // after a later attempt succeeded.
+                let r = match self.pending_disconnect.take() {
                     None => Ok(()),
                     Some(d) => Err(ChannelError::Ws(format!("{d:?}"))),
                 };
@@ -698,6 +848,90 @@ mod tests {
             .unwrap();
         assert!(!ch.flush(Duration::from_millis(50)).await);
         ch.close().await;
+    }
+
+    #[test]
+    fn backoff_is_jittered_doubling_and_capped() {
+        let mut b = Backoff::new(Duration::from_secs(5));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(50) && first < Duration::from_millis(200));
+        let mut last = first;
+        for _ in 0..20 {
+            last = b.next_delay();
+            assert!(last <= Duration::from_secs(5));
+        }
+        assert!(last >= Duration::from_millis(2500), "{last:?}");
+    }
+
+    #[tokio::test]
+    async fn redial_resends_unacked_frames_on_the_new_socket() {
+        let (mut ch, peer) = pair().await;
+        drop(peer);
+        match ch.recv().await.unwrap() {
+            ChannelEvent::Disconnected(Disconnect::Lost(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        ch.send(PayloadType::Output, Bytes::from_static(b"while away"))
+            .await
+            .unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/v1/data-channel/s", listener.local_addr().unwrap());
+        let accept = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio_tungstenite::accept_async(s).await.unwrap()
+        });
+        let mut failures = 0;
+        let attempts = ch
+            .redial(Duration::from_secs(10), || {
+                failures += 1;
+                let url = url.clone();
+                let fail = failures == 1;
+                async move {
+                    if fail {
+                        return Err(Redial::<()>::Retry("gateway restarting".into()));
+                    }
+                    let ws = crate::ws::connect(&url, crate::tls::client_config(None).unwrap())
+                        .await
+                        .map_err(|e| Redial::Retry(e.to_string()))?;
+                    Ok((ws, "REOPEN".to_string()))
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(attempts, 2);
+        let mut peer = accept.await.unwrap();
+        assert_eq!(peer.next().await.unwrap().unwrap(), Message::text("REOPEN"));
+        let m = peer.next().await.unwrap().unwrap();
+        let frame = Frame::decode(m.into_data(), 1024).unwrap();
+        assert_eq!(frame.sequence_number, 0);
+        assert_eq!(&frame.payload[..], b"while away");
+    }
+
+    #[tokio::test]
+    async fn redial_stops_or_gives_up() {
+        let (ch, peer) = pair().await;
+        drop(peer);
+        let r = ch
+            .redial(Duration::from_secs(10), || async {
+                Err::<(WsStream, String), _>(Redial::Stop("terminated"))
+            })
+            .await;
+        assert!(
+            matches!(r, Err(RedialError::Stopped("terminated"))),
+            "{r:?}"
+        );
+        let started = tokio::time::Instant::now();
+        let r = ch
+            .redial(Duration::from_millis(600), || async {
+                Err::<(WsStream, String), Redial<()>>(Redial::Retry("refused".into()))
+            })
+            .await;
+        match r {
+            Err(RedialError::GaveUp { last, .. }) => assert_eq!(last, "refused"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[tokio::test]

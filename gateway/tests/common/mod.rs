@@ -194,7 +194,7 @@ pub async fn register_agent(gw: &TestGateway) -> (String, Credentials) {
     let (s, act) = gw
         .ssm(
             "CreateActivation",
-            serde_json::json!({"IamRole": "SSMServiceRole", "RegistrationLimit": 2}),
+            serde_json::json!({"IamRole": "AirlockManagedInstance", "RegistrationLimit": 2}),
         )
         .await;
     assert_eq!(s, 200, "{act}");
