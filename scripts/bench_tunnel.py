@@ -131,7 +131,10 @@ class Bench:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if os.environ.get("AIRLOCK_KEEP_TMP"):
+            print(f"kept {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def start_sink(self):
         self.sink = self.spawn([sys.executable, "-c", SINK, "0"], stdin=subprocess.PIPE,
@@ -198,6 +201,16 @@ class Bench:
         ssm = boto3.client("ssm", endpoint_url=url, region_name="us-east-1",
                            aws_access_key_id=key, aws_secret_access_key=secret, verify=ca,
                            config=Config(retries={"max_attempts": 1}))
+        if self.args.encrypt:
+            kms = boto3.client("kms", endpoint_url=url, region_name="us-east-1",
+                               aws_access_key_id=key, aws_secret_access_key=secret, verify=ca,
+                               config=Config(retries={"max_attempts": 1}))
+            key_id = kms.create_key(Description="bench")["KeyMetadata"]["KeyId"]
+            kms.create_alias(AliasName="alias/bench", TargetKeyId=key_id)
+            ssm.create_document(
+                Name="SSM-SessionManagerRunShell", DocumentType="Session",
+                Content='{"schemaVersion":"1.0","sessionType":"Standard_Stream",'
+                        '"inputs":{"kmsKeyId":"alias/bench","requireEncryption":true}}')
         act = ssm.create_activation(IamRole="AirlockManagedInstance")
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
                "AWS_CA_BUNDLE": ca, "AWS_SHARED_CREDENTIALS_FILE": creds,
@@ -211,7 +224,8 @@ class Bench:
         mi = re.search(r"Registered as (mi-[0-9a-f]{17})", out.stdout).group(1)
         agent = self.spawn([str(BIN / "airlock-agent"), "run", "--state-dir",
                             str(self.tmp / "agent")], stdout=subprocess.PIPE,
-                           stderr=open(self.tmp / "agent.log", "wb"), env=env)
+                           stderr=open(self.tmp / "agent.log", "wb"),
+                           env={**env, "RUST_LOG": "info"})
         wait_line(agent, rf"agent {mi} connected")
         client = self.spawn([str(BIN / "airlock"), "forward", mi,
                              f"0:127.0.0.1:{self.sink_port}", "--endpoint-url", url,
@@ -232,6 +246,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="runs per path; the median is kept")
     ap.add_argument("--conns", type=int, default=16, help="parallel connections figure")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--encrypt", action="store_true",
+                    help="KMS end-to-end encryption on (kmsKeyId + requireEncryption)")
     ap.add_argument("--perf", metavar="FILE",
                     help="only profile one airlock transfer with `perf record` into FILE")
     args = ap.parse_args()
@@ -260,7 +276,8 @@ def main():
         results = {}
         print(f"loopback, {os.cpu_count()} cores, {args.size_mib} MiB per run, "
               f"median of {args.rounds}; airlock: release build, TLS to the gateway, "
-              "no end-to-end encryption (not built yet)")
+              + ("KMS end-to-end encryption (requireEncryption)" if args.encrypt
+                 else "no end-to-end encryption (--encrypt to enable)"))
         for conns in (1, args.conns):
             for name, (port, pids) in paths.items():
                 runs = [b.transfer(port, conns, pids) for _ in range(args.rounds)]
