@@ -642,7 +642,13 @@ fn common(ev: Option<ChannelEvent>, neg: &Negotiated) -> Common {
         {
             Common::End(Ok(End::Closed(closed_message(&f))))
         }
-        Some(ChannelEvent::Proto(Event::Control(_))) => Common::Nothing,
+        Some(ChannelEvent::Proto(Event::Control(f))) => {
+            // stderr: in stdio mode stdout carries the forwarded stream.
+            if let Some(notice) = crate::session::session_notice(&f) {
+                eprintln!("{notice}");
+            }
+            Common::Nothing
+        }
         Some(ChannelEvent::Disconnected(why)) => Common::End(Err(ClientError::Transport(format!(
             "lost the connection to the session: {why:?}"
         )))),

@@ -387,6 +387,9 @@ impl SessionRunner {
                         }
                     }
                     Some(ChannelEvent::Proto(Event::Control(frame))) => {
+                        if let Some(notice) = session_notice(&frame) {
+                            eprint!("\r\n{notice}\r\n");
+                        }
                         if frame.message_type == MessageType::ChannelClosed {
                             let output = serde_json::from_slice::<ChannelClosed>(&frame.payload)
                                 .ok()
@@ -493,4 +496,17 @@ mod tests {
     fn size_json() {
         assert_eq!(&size_payload(200, 50)[..], br#"{"cols":200,"rows":50}"#);
     }
+}
+
+/// The gateway's advisory text (an idle-close warning) from an
+/// `airlock_session_notice` control frame.
+pub(crate) fn session_notice(frame: &airlock_proto::frame::Frame) -> Option<String> {
+    if frame.message_type.as_str() != "airlock_session_notice" {
+        return None;
+    }
+    serde_json::from_slice::<serde_json::Value>(&frame.payload)
+        .ok()?
+        .get("Message")?
+        .as_str()
+        .map(|m| m.chars().take(1024).collect())
 }

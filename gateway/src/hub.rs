@@ -113,6 +113,9 @@ pub struct Relay {
     pub agent_done: AtomicBool,
     /// Ms of the last frame relayed in either direction.
     pub last_activity_ms: AtomicI64,
+    /// The `last_activity_ms` the client was last warned about, so each idle
+    /// stretch gets one warning and new traffic re-arms it.
+    pub idle_warned_for_ms: AtomicI64,
 }
 
 impl Relay {
@@ -328,6 +331,7 @@ pub fn new_relay(
         agent_attached: AtomicBool::new(false),
         agent_done: AtomicBool::new(false),
         last_activity_ms: AtomicI64::new(now),
+        idle_warned_for_ms: AtomicI64::new(0),
     }
 }
 

@@ -121,6 +121,28 @@ pub fn verdict(cfg: &SessionsConfig, c: Clock, now: i64) -> Option<Verdict> {
     None
 }
 
+/// How long before an idle close the client is warned: a minute, or half
+/// the timeout when the timeout is two minutes or less.
+pub fn idle_warning_lead_secs(idle_timeout_secs: u64) -> u64 {
+    if idle_timeout_secs > 120 {
+        60
+    } else {
+        (idle_timeout_secs / 2).max(1)
+    }
+}
+
+/// Seconds left before the idle close, when the client should be warned now.
+pub fn idle_warning_due(cfg: &SessionsConfig, c: Clock, now: i64) -> Option<u64> {
+    let lead = idle_warning_lead_secs(cfg.idle_timeout_secs);
+    let warn_after = cfg.idle_timeout_secs.saturating_sub(lead);
+    if warn_after == 0 || !past(c.last_activity_ms, warn_after, now) {
+        return None;
+    }
+    let idle_ms = now.saturating_sub(c.last_activity_ms).max(0) as u64;
+    let left_ms = (cfg.idle_timeout_secs * 1000).saturating_sub(idle_ms);
+    Some(left_ms.div_ceil(1000).max(1))
+}
+
 /// Ends every live session past a deadline; every `ORPHAN_SCAN_EVERY_MS`
 /// also ends stored sessions that no relay of this gateway holds and that
 /// have not changed state for a resume window (e.g. after a restart).
@@ -135,6 +157,8 @@ pub async fn reap_once(state: &AppState, now: i64, scan_orphans: bool) {
                 || tracing::info!(status = v.status, reason = %v.reason, "reaping session"),
             );
             end_session_with(state, &relay.session_id, v.status, &v.output, &v.reason).await;
+        } else {
+            warn_if_idle(cfg, &relay, now);
         }
     }
     if !scan_orphans {
@@ -154,6 +178,31 @@ pub async fn reap_once(state: &AppState, now: i64, scan_orphans: bool) {
         }
         Err(e) => tracing::warn!(error = %e, "orphan scan failed"),
     }
+}
+
+/// Tells the client once per idle stretch that the session will close, so
+/// a user can keep it open. Best effort: a full client queue skips it.
+fn warn_if_idle(cfg: &SessionsConfig, relay: &Relay, now: i64) {
+    let clock = Clock::of(relay);
+    let Some(left) = idle_warning_due(cfg, clock, now) else {
+        return;
+    };
+    if relay.idle_warned_for_ms.load(Ordering::Relaxed) == clock.last_activity_ms {
+        return;
+    }
+    relay
+        .idle_warned_for_ms
+        .store(clock.last_activity_ms, Ordering::Relaxed);
+    let message = format!(
+        "This session will be closed in {} because it has been idle (no input or output). Type or send data to keep it open.",
+        human_secs(left)
+    );
+    if let Some(f) = crate::ws::session_notice_frame(&relay.session_id, &message) {
+        let _ = relay.to_client_tx.try_send(f);
+    }
+    relay
+        .span
+        .in_scope(|| tracing::info!(seconds_left = left, "idle warning sent"));
 }
 
 /// After a (re)start: rebuilds a relay for every session the store still
@@ -264,6 +313,27 @@ mod tests {
         assert_eq!(human_secs(90), "1m30s");
         assert_eq!(human_secs(7200), "2h");
         assert_eq!(human_secs(0), "0s");
+    }
+
+    #[test]
+    fn idle_warning_comes_a_minute_early() {
+        let cfg = SessionsConfig {
+            idle_timeout_secs: 1200,
+            ..SessionsConfig::default()
+        };
+        let mut c = clock();
+        c.last_activity_ms = 0;
+        assert_eq!(idle_warning_due(&cfg, c, 1_139_000), None);
+        assert_eq!(idle_warning_due(&cfg, c, 1_140_000), Some(60));
+        assert_eq!(idle_warning_due(&cfg, c, 1_199_500), Some(1));
+        assert_eq!(idle_warning_lead_secs(4), 2);
+        assert_eq!(idle_warning_lead_secs(1), 1);
+        let short = SessionsConfig {
+            idle_timeout_secs: 1,
+            ..SessionsConfig::default()
+        };
+        // A 1 s timeout leaves no room to warn.
+        assert_eq!(idle_warning_due(&short, c, 900), None);
     }
 
     #[test]

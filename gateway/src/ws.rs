@@ -147,6 +147,24 @@ pub fn interactive_shell_frame(
     )
 }
 
+/// Airlock's advisory message to a client (e.g. an idle-close warning). Stock
+/// plugins log and skip message types they do not know, so it is safe to send
+/// to any client.
+pub const SESSION_NOTICE: &str = "airlock_session_notice";
+
+/// A `airlock_session_notice` frame carrying `message` for the user.
+pub fn session_notice_frame(session_id: &str, message: &str) -> Option<Bytes> {
+    let body = serde_json::json!({
+        "MessageType": SESSION_NOTICE,
+        "SessionId": session_id,
+        "Message": message,
+    });
+    encode(
+        MessageType::Other(SESSION_NOTICE.into()),
+        serde_json::to_vec(&body).ok()?,
+    )
+}
+
 /// A `channel_closed` frame with `reason` as Output.
 pub fn channel_closed_frame(session_id: &str, destination: &str, reason: &str) -> Option<Bytes> {
     let created = time::OffsetDateTime::now_utc()

@@ -5,6 +5,7 @@ processes. Gateways with a non-default `[sessions]` config are started by
 
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 from botocore.config import Config
 
 from conftest import REGION, Agent, Gateway, LineReader, binary
+from portutil import HashSink, Tunnel
 
 LIMIT_MESSAGE = re.compile(
     r"^Unable to start new sessions because the maximum session limit of (\d+) has been "
@@ -201,8 +203,41 @@ def test_idle_timeout_closes_an_idle_shell_but_not_a_busy_one(make_gateway):
             proc.kill()
             proc.wait()
     assert "Session idle timeout reached" in stderr, stderr
+    # Warned first (half the timeout early, as the timeout is short), once.
+    warning = "This session will be closed in 1s because it has been idle"
+    assert stderr.count(warning) == 1, stderr
+    assert stderr.index(warning) < stderr.index("Session idle timeout reached"), stderr
     (s,) = sessions(ssm, "History", ag.instance_id)
     assert s["Status"] == "Terminated"
+    assert s["Details"] == "Terminated: idle timeout after 3s", s
+
+
+def test_port_forward_moving_data_one_way_is_never_idle(make_gateway):
+    """Idle time counts traffic in both directions: a forward that only
+    uploads (the destination never answers) outlives the idle timeout, then
+    closes with a warning once it stops."""
+    gw, ag = make_gateway("[sessions]\nidle_timeout_secs = 3\n")
+    ssm = gw.client()
+    sink = HashSink()
+    tunnel = Tunnel(gw, "start-session", "--target", ag.instance_id,
+                    "--document-name", "AWS-StartPortForwardingSession",
+                    "--parameters", f"portNumber={sink.port},localPortNumber=0")
+    try:
+        with socket.create_connection(("127.0.0.1", tunnel.port), timeout=30) as conn:
+            deadline = time.monotonic() + 6  # twice the idle timeout
+            while time.monotonic() < deadline:
+                conn.sendall(b"x" * 1024)
+                time.sleep(0.4)
+            assert tunnel.proc.poll() is None, "a busy forward was closed as idle"
+            assert session(ssm, "Active", tunnel.session_id)["Status"] == "Connected"
+            # Quiet now: warned, then closed.
+            tunnel.proc.wait(timeout=30)
+        stderr = tunnel.proc.stderr.read().decode(errors="replace")
+        assert "because it has been idle" in stderr, stderr
+    finally:
+        tunnel.close()
+        sink.close()
+    s = session(ssm, "History", tunnel.session_id)
     assert s["Details"] == "Terminated: idle timeout after 3s", s
 
 
