@@ -470,6 +470,19 @@ async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
+/// The gateway's advisory text (an idle-close warning) from an
+/// `airlock_session_notice` control frame.
+pub(crate) fn session_notice(frame: &airlock_proto::frame::Frame) -> Option<String> {
+    if frame.message_type.as_str() != "airlock_session_notice" {
+        return None;
+    }
+    serde_json::from_slice::<serde_json::Value>(&frame.payload)
+        .ok()?
+        .get("Message")?
+        .as_str()
+        .map(|m| m.chars().take(1024).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,17 +509,4 @@ mod tests {
     fn size_json() {
         assert_eq!(&size_payload(200, 50)[..], br#"{"cols":200,"rows":50}"#);
     }
-}
-
-/// The gateway's advisory text (an idle-close warning) from an
-/// `airlock_session_notice` control frame.
-pub(crate) fn session_notice(frame: &airlock_proto::frame::Frame) -> Option<String> {
-    if frame.message_type.as_str() != "airlock_session_notice" {
-        return None;
-    }
-    serde_json::from_slice::<serde_json::Value>(&frame.payload)
-        .ok()?
-        .get("Message")?
-        .as_str()
-        .map(|m| m.chars().take(1024).collect())
 }
