@@ -511,7 +511,14 @@ async fn start_session(
         )
         .await;
     let refused = match outcome {
-        Ok(CreateSessionOutcome::Created) => None,
+        Ok(CreateSessionOutcome::Created) => {
+            state.audit.session_state(
+                &session_id,
+                "Connecting",
+                &format!("Connecting: session started by {owner} on {target} with {document}"),
+            );
+            None
+        }
         Ok(CreateSessionOutcome::TargetLimit { limit, active }) => {
             Some(limit_exceeded(limit, &format!("target {target}"), &active))
         }
@@ -694,7 +701,6 @@ pub async fn end_session_with(
 ) {
     let details = format!("{status}: {reason}");
     let changed = match state
-        .store
         .update_session_status(session_id, status, Some(now_ms()), Some(&details))
         .await
     {

@@ -28,6 +28,23 @@ pub struct AuditEvent {
     pub source_ip: String,
 }
 
+/// One session state change in the audit trail.
+#[derive(Debug, Serialize)]
+pub struct SessionStateEvent<'a> {
+    pub time: String,
+    /// Always `session_state`, to tell these lines from decisions.
+    pub event: &'static str,
+    pub session_id: &'a str,
+    pub status: &'a str,
+    pub reason: &'a str,
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 pub struct AuditLog {
     path: PathBuf,
     file: Mutex<File>,
@@ -68,6 +85,30 @@ impl AuditLog {
             source_ip = %ev.source_ip,
             "authorization decision"
         );
+        self.append(ev);
+    }
+
+    /// Records a session state change (Connecting, Connected, Disconnected,
+    /// Terminating, Terminated, Failed) with its reason, so the audit trail
+    /// says who opened what and how it ended without joining the database.
+    pub fn session_state(&self, session_id: &str, status: &str, reason: &str) {
+        tracing::info!(
+            target: "airlock::audit",
+            session_id,
+            status,
+            reason,
+            "session state"
+        );
+        self.append(&SessionStateEvent {
+            time: now_rfc3339(),
+            event: "session_state",
+            session_id,
+            status,
+            reason,
+        });
+    }
+
+    fn append<T: Serialize>(&self, ev: &T) {
         let Ok(mut line) = serde_json::to_vec(ev) else {
             return;
         };

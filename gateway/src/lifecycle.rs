@@ -253,7 +253,6 @@ pub async fn restore_sessions(state: &AppState) {
             "Disconnected: gateway restarted; waiting {window} for the client and the agent to reattach"
         );
         let _ = state
-            .store
             .update_session_status(&s.session_id, "Disconnected", None, Some(&details))
             .await;
     }
@@ -268,7 +267,6 @@ pub async fn suspend_sessions(state: &AppState) {
         let details =
             format!("Disconnected: gateway shutting down; resumable for {window} once it is back");
         let _ = state
-            .store
             .update_session_status(&relay.session_id, "Disconnected", None, Some(&details))
             .await;
     }

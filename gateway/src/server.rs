@@ -46,6 +46,28 @@ pub struct AppState {
     pub role_creds: crate::role_creds::RoleCredentialMinter,
 }
 
+impl AppState {
+    /// Changes a session's state in the store and, when it changed, records
+    /// the change in the audit log. Every state change goes through here.
+    pub async fn update_session_status(
+        &self,
+        session_id: &str,
+        status: &str,
+        end_ms: Option<i64>,
+        details: Option<&str>,
+    ) -> Result<bool, crate::store::StoreError> {
+        let changed = self
+            .store
+            .update_session_status(session_id, status, end_ms, details)
+            .await?;
+        if changed {
+            self.audit
+                .session_state(session_id, status, details.unwrap_or(""));
+        }
+        Ok(changed)
+    }
+}
+
 /// A configured gateway, ready to serve.
 pub struct Gateway {
     state: Arc<AppState>,

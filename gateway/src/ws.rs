@@ -431,7 +431,6 @@ async fn note_reattached(state: &AppState, relay: &Relay, side: Side) {
     };
     tracing::info!("{}", details);
     let _ = state
-        .store
         .update_session_status(&relay.session_id, status, None, Some(&details))
         .await;
 }
@@ -461,7 +460,7 @@ async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
                             .and_then(|f| serde_json::from_slice::<AgentSessionState>(&f.payload).ok());
                         match st.map(|s| s.session_state) {
                             Some(SessionState::Connected) => {
-                                let _ = state.store.update_session_status(&relay.session_id, "Connected", None, Some("Connected: agent data channel connected")).await;
+                                let _ = state.update_session_status(&relay.session_id, "Connected", None, Some("Connected: agent data channel connected")).await;
                             }
                             Some(SessionState::Terminating) => {
                                 end_session(&state, &relay.session_id, "Terminated", "Session ended by the agent.").await;
@@ -500,7 +499,6 @@ async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
                 crate::lifecycle::human_secs(state.config.sessions.resume_window_secs)
             );
             let _ = state
-                .store
                 .update_session_status(&relay.session_id, "Disconnected", None, Some(&details))
                 .await;
         }
@@ -536,7 +534,6 @@ async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
     } else {
         tracing::info!("client attached");
         let _ = state
-            .store
             .update_session_status(
                 &relay.session_id,
                 "Connected",
@@ -597,7 +594,6 @@ async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
                     crate::lifecycle::human_secs(state.config.sessions.resume_window_secs)
                 );
                 let _ = state
-                    .store
                     .update_session_status(&relay.session_id, "Disconnected", None, Some(&details))
                     .await;
             }

@@ -3,6 +3,7 @@ maximum session duration, against real gateway, agent and airlock
 processes. Gateways with a non-default `[sessions]` config are started by
 `make_gateway` (a `--config FILE` variant of the conftest Gateway)."""
 
+import json
 import os
 import re
 import socket
@@ -210,6 +211,13 @@ def test_idle_timeout_closes_an_idle_shell_but_not_a_busy_one(make_gateway):
     (s,) = sessions(ssm, "History", ag.instance_id)
     assert s["Status"] == "Terminated"
     assert s["Details"] == "Terminated: idle timeout after 3s", s
+    # Every state change is in the audit log too, in order, with its reason.
+    audit = [json.loads(line) for line in (gw.data_dir / "audit.log").read_text().splitlines()]
+    states = [(e["status"], e["reason"]) for e in audit
+              if e.get("event") == "session_state" and e["session_id"] == s["SessionId"]]
+    assert [st for st, _ in states][0] == "Connecting", states
+    assert "Connected" in [st for st, _ in states], states
+    assert states[-1] == ("Terminated", "Terminated: idle timeout after 3s"), states
 
 
 def test_port_forward_moving_data_one_way_is_never_idle(make_gateway):
