@@ -14,6 +14,8 @@ use crate::error::GatewayError;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditEvent {
+    /// Always `authorization`, to tell these lines from session state changes.
+    pub event: &'static str,
     /// RFC 3339, UTC.
     pub time: String,
     pub request_id: String,

@@ -227,6 +227,7 @@ pub async fn authorize(
     for resource in resources {
         let d = decide(&id, action, resource, &ctx);
         state.audit.record(&AuditEvent {
+            event: "authorization",
             time: time_text.clone(),
             request_id: req.request_id.clone(),
             principal: id.arn.clone(),
