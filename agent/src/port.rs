@@ -11,9 +11,9 @@ use airlock_proto::handshake::{
     ACTION_AIRLOCK_CAPABILITIES, ACTION_SESSION_TYPE,
 };
 use airlock_proto::messages::{AgentSessionState, SessionState, StartSessionTask};
-use airlock_proto::reliable::{Config, Event, FEATURE_NO_PAYLOAD_DIGEST};
+use airlock_proto::reliable::{Event, FEATURE_NO_PAYLOAD_DIGEST};
 use airlock_proto::smux::{self, Cmd, Mux, MuxEvent, MuxRole};
-use airlock_proto::{MessageType, PayloadType, Role};
+use airlock_proto::{MessageType, PayloadType};
 use airlock_transport::datachannel::{ChannelEvent, DataChannel, DataSender};
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::agent::Agent;
 use crate::crypto::AgentCrypto;
 use crate::port_policy::Policy;
-use crate::session::{is_channel_closed, Link, Outcome};
+use crate::session::{is_channel_closed, open_data_channel, Link, Outcome};
 use crate::sysinfo;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -193,11 +193,9 @@ pub async fn run(
         agent: &agent,
         session_id: &sid,
     };
-    let (ws, open) = tokio::select! {
-        r = link.open() => r?,
-        _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
+    let Some(mut dc) = open_data_channel(&link, &cancel).await? else {
+        return Ok(Outcome::Cancelled);
     };
-    let mut dc = DataChannel::spawn(ws, open, Role::Agent, Config::default());
     let state = |s: SessionState| AgentSessionState {
         schema_version: 1,
         session_state: s,

@@ -106,6 +106,24 @@ impl Link<'_> {
     }
 }
 
+/// Opens the session's data channel; `None` when the session is cancelled
+/// before the gateway answers.
+pub(crate) async fn open_data_channel(
+    link: &Link<'_>,
+    cancel: &CancellationToken,
+) -> Result<Option<DataChannel>> {
+    let (ws, open) = tokio::select! {
+        r = link.open() => r?,
+        _ = cancel.cancelled() => return Ok(None),
+    };
+    Ok(Some(DataChannel::spawn(
+        ws,
+        open,
+        Role::Agent,
+        Config::default(),
+    )))
+}
+
 pub(crate) fn is_channel_closed(frame: &airlock_proto::Frame) -> bool {
     frame.message_type == MessageType::ChannelClosed
 }
@@ -120,11 +138,9 @@ pub async fn run(
         agent: &agent,
         session_id: &sid,
     };
-    let (ws, open) = tokio::select! {
-        r = link.open() => r?,
-        _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
+    let Some(mut dc) = open_data_channel(&link, &cancel).await? else {
+        return Ok(Outcome::Cancelled);
     };
-    let mut dc = DataChannel::spawn(ws, open, Role::Agent, Config::default());
 
     let connected = AgentSessionState {
         schema_version: 1,
