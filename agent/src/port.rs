@@ -334,6 +334,9 @@ pub async fn run(
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let pump = spawn_sender(dc.sender(), out_rx, crypto.clone());
     let rec = crate::recorder::start(&agent, &task, "port", (0, 0)).await;
+    if rec.is_none() && crate::recorder::fails_closed(&task) {
+        bail!("{}", crate::recorder::REFUSED_UNRECORDED);
+    }
     let dest = Arc::new(Dest {
         host,
         port,

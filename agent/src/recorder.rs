@@ -133,7 +133,21 @@ pub struct Recorder {
 }
 
 fn input_enabled(task: &StartSessionTask) -> bool {
-    match task.document_content.inputs.get("recordInput") {
+    input_flag(task, "recordInput")
+}
+
+/// Whether the session must end rather than run unrecorded
+/// (`recordingFailClosed`, from the preferences or the gateway's config).
+pub fn fails_closed(task: &StartSessionTask) -> bool {
+    input_flag(task, "recordingFailClosed")
+}
+
+/// The refusal shown to the user when a fail-closed session cannot be recorded.
+pub const REFUSED_UNRECORDED: &str =
+    "This session was refused: its recording could not be started, and recordings fail closed.";
+
+fn input_flag(task: &StartSessionTask, name: &str) -> bool {
+    match task.document_content.inputs.get(name) {
         Some(serde_json::Value::Bool(b)) => *b,
         Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
         _ => false,

@@ -292,6 +292,16 @@ pub async fn run(
 
     let size = early_size.map_or((80, 24), |s| (clamp_dim(s.cols), clamp_dim(s.rows)));
     let rec = crate::recorder::start(&agent, &task, "shell", size).await;
+    if rec.is_none() && crate::recorder::fails_closed(&task) {
+        let text = Bytes::from(format!("\r\n{}\r\n", crate::recorder::REFUSED_UNRECORDED));
+        let text = match &crypto {
+            Some(c) => c.seal(PayloadType::Output, text)?,
+            None => text,
+        };
+        dc.send(PayloadType::Output, text).await?;
+        let _ = dc.flush(FLUSH_TIMEOUT).await;
+        anyhow::bail!("{}", crate::recorder::REFUSED_UNRECORDED);
+    }
     let doomed = crate::recorder::doomed(&rec);
     let spec = shell_spec(&agent, &task)?;
     let mut pty = Pty::spawn(&spec)?;

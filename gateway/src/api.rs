@@ -456,12 +456,19 @@ async fn start_session(
     if let Some(reason) = &r.reason {
         check_len("Reason", reason, 1, 256)?;
     }
-    let resolved = crate::documents::resolve_for_session(
+    let mut resolved = crate::documents::resolve_for_session(
         &state.documents,
         r.document_name.as_deref(),
         r.parameters,
     )
     .await?;
+    // The agent must know a session may not run unrecorded, whether the
+    // preference or the gateway's own config says so.
+    if state.recordings.config.fail_closed {
+        if let Some(inputs) = resolved.document.inputs.as_object_mut() {
+            inputs.insert("recordingFailClosed".into(), Value::Bool(true));
+        }
+    }
     let document = resolved.name.clone();
     // Both the target and the document need an Allow (the default shell
     // document too: Airlock always performs ssm:SessionDocumentAccessCheck).

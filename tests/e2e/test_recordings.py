@@ -435,6 +435,36 @@ def test_preferences_enable_input_recording_and_fail_closed(rgw, ragent, s3, wor
     s3.start()
 
 
+def test_fail_closed_refuses_a_session_the_agent_cannot_record(workdir, s3):
+    """Storage is up, but the agent's role may not get a recording data key:
+    with recordings failing closed the session is refused with a message,
+    never run unrecorded. Without fail-closed the same agent runs it."""
+    gw = RecGateway(workdir, s3, fail_closed=True)
+    try:
+        ag = Agent(gw, workdir, name="fc3-agent")
+        try:
+            policy = Path(workdir) / "deny-recording-keys.json"
+            policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Deny", "Action": "kms:GenerateDataKey", "Resource": "*",
+                "Condition": {"StringEquals": {"kms:EncryptionContext:aws:ssm:TargetId": ag.instance_id}},
+            }]}))
+            out = airlock(gw, "admin", "put-role-policy", "--role-name", "AirlockManagedInstance",
+                          "--policy-name", "deny-recording-keys",
+                          "--policy-document", f"file://{policy}")
+            assert out.returncode == 0, out.stderr
+            out = airlock(gw, "start-session", "--target", ag.instance_id,
+                          stdin=b"echo unrecorded-$((4*4)); exit 0\n")
+            assert b"unrecorded-16" not in out.stdout, out.stdout
+            assert b"its recording could not be started" in out.stdout + out.stderr, (out.stdout, out.stderr)
+            assert b"The agent reported the session task failed" in out.stderr, out.stderr
+            s = last_session(gw, ag.instance_id)
+            assert s["Status"] == "Failed", s
+        finally:
+            ag.stop()
+    finally:
+        gw.stop()
+
+
 def test_fail_closed_ends_a_running_session_when_storage_goes_down(workdir, s3):
     gw = RecGateway(workdir, s3, fail_closed=True)
     try:
