@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::store::{StoreError, Tag};
+use crate::store::{query_all, row_tag, StoreError, Tag};
 
 /// Which kind of identity an inline policy or attachment belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,16 +320,12 @@ fn policies_conflict(
 }
 
 fn user_tags(c: &Connection, name: &str) -> Result<Vec<Tag>, StoreError> {
-    let mut st =
-        c.prepare_cached("SELECT key, value FROM iam_user_tags WHERE user_name = ?1 ORDER BY key")?;
-    let v = st
-        .query_map(params![name], |r| {
-            Ok(Tag {
-                key: r.get(0)?,
-                value: r.get(1)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let v = query_all(
+        c,
+        "SELECT key, value FROM iam_user_tags WHERE user_name = ?1 ORDER BY key",
+        params![name],
+        row_tag,
+    )?;
     Ok(v)
 }
 
@@ -376,10 +372,7 @@ fn row_group(r: &rusqlite::Row<'_>) -> rusqlite::Result<Group> {
 }
 
 fn strings(c: &Connection, sql: &str, arg: &str) -> Result<Vec<String>, StoreError> {
-    let mut st = c.prepare_cached(sql)?;
-    let v = st
-        .query_map(params![arg], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let v = query_all(c, sql, params![arg], |r| r.get::<_, String>(0))?;
     Ok(v)
 }
 
@@ -430,12 +423,12 @@ impl IamStore for SqliteIamStore {
 
     async fn list_users(&self) -> Result<Vec<User>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
+            let mut v = query_all(
+                c,
                 "SELECT name, user_id, created_ms, boundary_arn FROM iam_users ORDER BY name",
+                [],
+                row_user,
             )?;
-            let mut v = st
-                .query_map([], row_user)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
             for u in &mut v {
                 u.tags = user_tags(c, &u.name)?;
             }
@@ -555,11 +548,12 @@ impl IamStore for SqliteIamStore {
 
     async fn list_groups(&self) -> Result<Vec<Group>, StoreError> {
         self.with(|c| {
-            let mut st =
-                c.prepare("SELECT name, group_id, created_ms FROM iam_groups ORDER BY name")?;
-            let v = st
-                .query_map([], row_group)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let v = query_all(
+                c,
+                "SELECT name, group_id, created_ms FROM iam_groups ORDER BY name",
+                [],
+                row_group,
+            )?;
             Ok(v)
         })
         .await
@@ -665,10 +659,12 @@ impl IamStore for SqliteIamStore {
 
     async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(&format!("SELECT {ROLE_COLS} FROM iam_roles ORDER BY name"))?;
-            let v = st
-                .query_map([], row_role)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let v = query_all(
+                c,
+                &format!("SELECT {ROLE_COLS} FROM iam_roles ORDER BY name"),
+                [],
+                row_role,
+            )?;
             Ok(v)
         })
         .await
@@ -716,12 +712,12 @@ impl IamStore for SqliteIamStore {
 
     async fn list_policies(&self) -> Result<Vec<ManagedPolicy>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {POLICY_COLS} FROM iam_policies ORDER BY arn"
-            ))?;
-            let v = st
-                .query_map([], row_policy)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let v = query_all(
+                c,
+                &format!("SELECT {POLICY_COLS} FROM iam_policies ORDER BY arn"),
+                [],
+                row_policy,
+            )?;
             Ok(v)
         })
         .await
@@ -816,12 +812,7 @@ impl IamStore for SqliteIamStore {
     ) -> Result<Vec<(String, String)>, StoreError> {
         let owner = owner.to_string();
         self.with(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT policy_name, document FROM iam_inline_policies WHERE owner_kind = ?1 AND owner_name = ?2 ORDER BY policy_name",
-            )?;
-            let v = st
-                .query_map(params![kind.as_str(), owner], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let v = query_all(c, "SELECT policy_name, document FROM iam_inline_policies WHERE owner_kind = ?1 AND owner_name = ?2 ORDER BY policy_name", params![kind.as_str(), owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(v)
         })
         .await
@@ -872,14 +863,14 @@ impl IamStore for SqliteIamStore {
     ) -> Result<Vec<ManagedPolicy>, StoreError> {
         let owner = owner.to_string();
         self.with(move |c| {
-            let mut st = c.prepare_cached(
+            let v = query_all(
+                c,
                 "SELECT p.arn, p.name, p.policy_id, p.document, p.description, p.created_ms \
                  FROM iam_attachments a JOIN iam_policies p ON p.arn = a.policy_arn \
                  WHERE a.owner_kind = ?1 AND a.owner_name = ?2 ORDER BY p.arn",
+                params![kind.as_str(), owner],
+                row_policy,
             )?;
-            let v = st
-                .query_map(params![kind.as_str(), owner], row_policy)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(v)
         })
         .await

@@ -432,6 +432,30 @@ fn row_key(key: &LessSafeKey, r: &rusqlite::Row<'_>) -> Result<AccessKey, StoreE
     })
 }
 
+/// Every row of `sql` mapped by `row`; the one place rows become a `Vec`.
+pub(crate) fn query_all<T, P, F>(
+    c: &Connection,
+    sql: &str,
+    params: P,
+    row: F,
+) -> rusqlite::Result<Vec<T>>
+where
+    P: rusqlite::Params,
+    F: FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+{
+    let mut st = c.prepare_cached(sql)?;
+    let rows = st.query_map(params, row)?;
+    rows.collect()
+}
+
+/// A `(key, value)` tag row.
+pub(crate) fn row_tag(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tag> {
+    Ok(Tag {
+        key: r.get(0)?,
+        value: r.get(1)?,
+    })
+}
+
 fn row_activation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Activation> {
     Ok(Activation {
         activation_id: r.get(0)?,
@@ -532,12 +556,9 @@ fn counting_sessions(
     column: &str,
     value: &str,
 ) -> Result<Vec<String>, StoreError> {
-    let mut st = conn.prepare_cached(&format!(
+    let v = query_all(conn, &format!(
         "SELECT session_id FROM sessions WHERE {column} = ?1 AND status IN ('Connecting','Connected','Disconnected') ORDER BY start_ms, session_id"
-    ))?;
-    let v = st
-        .query_map(params![value], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    ), params![value], |r| r.get::<_, String>(0))?;
     Ok(v)
 }
 
@@ -668,12 +689,12 @@ impl Store for SqliteStore {
 
     async fn list_activations(&self) -> Result<Vec<Activation>, StoreError> {
         self.with(|c, _| {
-            let mut st = c.prepare(&format!(
-                "SELECT {ACT_COLS} FROM activations ORDER BY created_ms"
-            ))?;
-            let v = st
-                .query_map([], row_activation)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let v = query_all(
+                c,
+                &format!("SELECT {ACT_COLS} FROM activations ORDER BY created_ms"),
+                [],
+                row_activation,
+            )?;
             Ok(v)
         })
         .await
@@ -743,12 +764,12 @@ impl Store for SqliteStore {
 
     async fn list_instances(&self) -> Result<Vec<Instance>, StoreError> {
         self.with(|c, _| {
-            let mut st = c.prepare(&format!(
-                "SELECT {INST_COLS} FROM instances ORDER BY registration_ms, instance_id"
-            ))?;
-            let v = st
-                .query_map([], row_instance)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let v = query_all(
+                c,
+                &format!("SELECT {INST_COLS} FROM instances ORDER BY registration_ms, instance_id"),
+                [],
+                row_instance,
+            )?;
             Ok(v)
         })
         .await
@@ -843,19 +864,19 @@ impl Store for SqliteStore {
     async fn session_events(&self, id: &str) -> Result<Vec<SessionEvent>, StoreError> {
         let id = id.to_string();
         self.with(move |c, _| {
-            let mut st = c.prepare_cached(
+            let v = query_all(
+                c,
                 "SELECT session_id, ts_ms, status, reason FROM session_events WHERE session_id = ?1 ORDER BY ts_ms, rowid",
-            )?;
-            let v = st
-                .query_map(params![id], |r| {
+                params![id],
+                |r| {
                     Ok(SessionEvent {
                         session_id: r.get(0)?,
                         ts_ms: r.get(1)?,
                         status: r.get(2)?,
                         reason: r.get(3)?,
                     })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                },
+            )?;
             Ok(v)
         })
         .await
@@ -863,13 +884,8 @@ impl Store for SqliteStore {
 
     async fn stale_sessions(&self, before_ms: i64) -> Result<Vec<String>, StoreError> {
         self.with(move |c, _| {
-            let mut st = c.prepare_cached(
-                "SELECT s.session_id FROM sessions s WHERE s.status NOT IN ('Terminated','Failed') \
-                 AND COALESCE((SELECT MAX(e.ts_ms) FROM session_events e WHERE e.session_id = s.session_id), s.start_ms) < ?1",
-            )?;
-            let v = st
-                .query_map(params![before_ms], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let v = query_all(c, "SELECT s.session_id FROM sessions s WHERE s.status NOT IN ('Terminated','Failed') \
+                 AND COALESCE((SELECT MAX(e.ts_ms) FROM session_events e WHERE e.session_id = s.session_id), s.start_ms) < ?1", params![before_ms], |r| r.get::<_, String>(0))?;
             Ok(v)
         })
         .await
@@ -878,17 +894,12 @@ impl Store for SqliteStore {
     async fn instance_tags(&self, instance_id: &str) -> Result<Vec<Tag>, StoreError> {
         let id = instance_id.to_string();
         self.with(move |c, _| {
-            let mut st = c.prepare_cached(
+            let v = query_all(
+                c,
                 "SELECT key, value FROM instance_tags WHERE instance_id = ?1 ORDER BY key",
+                params![id],
+                row_tag,
             )?;
-            let v = st
-                .query_map(params![id], |r| {
-                    Ok(Tag {
-                        key: r.get(0)?,
-                        value: r.get(1)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(v)
         })
         .await
@@ -1014,12 +1025,12 @@ impl Store for SqliteStore {
 
     async fn list_sessions(&self, f: SessionFilter) -> Result<Vec<Session>, StoreError> {
         self.with(move |c, _| {
-            let mut st = c.prepare(&format!(
-                "SELECT {SESS_COLS} FROM sessions ORDER BY start_ms DESC, session_id"
-            ))?;
-            let all = st
-                .query_map([], row_session)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let all = query_all(
+                c,
+                &format!("SELECT {SESS_COLS} FROM sessions ORDER BY start_ms DESC, session_id"),
+                [],
+                row_session,
+            )?;
             Ok(all
                 .into_iter()
                 .filter(|s| f.statuses.is_empty() || f.statuses.contains(&s.status))
