@@ -218,6 +218,15 @@ fn validation(m: impl Into<String>) -> ApiError {
     ApiError::new("ValidationError", m)
 }
 
+/// The answer to a Delete*: empty on success, NoSuchEntity or DeleteConflict.
+fn deleted(outcome: DeleteOutcome, kind: &str, name: &str) -> ApiResult {
+    match outcome {
+        DeleteOutcome::Deleted => ok(json!({})),
+        DeleteOutcome::NotFound => Err(no_such(kind, name)),
+        DeleteOutcome::Conflict(m) => Err(conflict(m)),
+    }
+}
+
 fn no_such(kind: &str, name: &str) -> ApiError {
     let mut e = ApiError::new(
         "NoSuchEntity",
@@ -611,11 +620,7 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
                     "Cannot delete entity, must delete access keys first.".into(),
                 ));
             }
-            match iam.delete_user(&name).await? {
-                DeleteOutcome::Deleted => ok(json!({})),
-                DeleteOutcome::NotFound => Err(no_such("user", &name)),
-                DeleteOutcome::Conflict(m) => Err(conflict(m)),
-            }
+            deleted(iam.delete_user(&name).await?, "user", &name)
         }
         "TagUser" => {
             let name = a.req("UserName")?;
@@ -850,11 +855,7 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
         }
         "DeleteGroup" => {
             let name = a.req("GroupName")?;
-            match iam.delete_group(&name).await? {
-                DeleteOutcome::Deleted => ok(json!({})),
-                DeleteOutcome::NotFound => Err(no_such("group", &name)),
-                DeleteOutcome::Conflict(m) => Err(conflict(m)),
-            }
+            deleted(iam.delete_group(&name).await?, "group", &name)
         }
         "AddUserToGroup" => {
             let (g, u) = (a.req("GroupName")?, a.req("UserName")?);
@@ -928,11 +929,7 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
         }
         "DeleteRole" => {
             let name = a.req("RoleName")?;
-            match iam.delete_role(&name).await? {
-                DeleteOutcome::Deleted => ok(json!({})),
-                DeleteOutcome::NotFound => Err(no_such("role", &name)),
-                DeleteOutcome::Conflict(m) => Err(conflict(m)),
-            }
+            deleted(iam.delete_role(&name).await?, "role", &name)
         }
         "CreatePolicy" => {
             let name = a.req("PolicyName")?;
@@ -965,11 +962,7 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
         }
         "DeletePolicy" => {
             let arn = a.req("PolicyArn")?;
-            match iam.delete_policy(&arn).await? {
-                DeleteOutcome::Deleted => ok(json!({})),
-                DeleteOutcome::NotFound => Err(no_such("policy", &arn)),
-                DeleteOutcome::Conflict(m) => Err(conflict(m)),
-            }
+            deleted(iam.delete_policy(&arn).await?, "policy", &arn)
         }
         "SimulateCustomPolicy" => simulate_custom(a),
         "SimulatePrincipalPolicy" => simulate_principal(state, a).await,
