@@ -265,7 +265,8 @@ def main():
             "airlock": (tunnel_port, tunnel_pids),
         }
         if args.perf:
-            perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", args.perf, "-p",
+            perf = subprocess.Popen(["perf", *os.environ.get("BENCH_PERF_ARGS", "record -F 999 -g").split(),
+                                     "-o", args.perf, "-p",
                                      ",".join(map(str, tunnel_pids))])
             time.sleep(1)  # let perf attach; profiling only, nothing is timed here
             r = b.transfer(tunnel_port, 1, tunnel_pids)

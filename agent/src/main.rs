@@ -88,8 +88,15 @@ fn env_ca_bundle() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    airlock_transport::alloc::keep_freed_pages();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async_main())
+}
+
+async fn async_main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -39,7 +39,7 @@ fn init_tracing() {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
+    Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }

@@ -235,8 +235,11 @@ impl Gateway {
             conns.spawn(async move {
                 match tls {
                     Some(acc) => {
-                        let hs =
-                            tokio::time::timeout(Duration::from_secs(15), acc.accept(tcp)).await;
+                        let hs = tokio::time::timeout(
+                            Duration::from_secs(15),
+                            acc.accept(airlock_transport::ws::buffered(tcp)),
+                        )
+                        .await;
                         match hs {
                             Ok(Ok(stream)) => {
                                 serve_conn(state, TokioIo::new(stream), true, peer, shutdown).await

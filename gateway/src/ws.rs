@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
@@ -73,9 +73,7 @@ pub fn upgrade(
                 return;
             }
         };
-        let cfg = WebSocketConfig::default()
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max));
+        let cfg = airlock_transport::ws::ws_config_with_limit(max);
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
         match channel {

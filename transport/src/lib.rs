@@ -8,6 +8,7 @@
 //! - [`datachannel`]: the task that pumps a `proto::ReliableChannel` over a
 //!   websocket and survives reconnects.
 
+pub mod alloc;
 pub mod api;
 pub mod credentials;
 pub mod datachannel;

@@ -28,11 +28,37 @@ pub const MAX_MESSAGE_SIZE: usize = 2 << 20;
 /// Time allowed for TCP connect + TLS + upgrade.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Bytes tungstenite asks the stream for per read. It zeroes that much of
+/// its buffer before every read, and a TLS stream hands back about one
+/// 16 KiB record per read, so its 128 KiB default would clear 8 bytes per
+/// byte received.
+pub const WS_READ_CHUNK: usize = 32 * 1024;
+
+/// Userspace read buffer under TLS. rustls reads the socket 4 KiB at a time;
+/// without this, every 16 KiB record costs four `recv` calls.
+pub const SOCKET_READ_BUFFER: usize = 64 * 1024;
+
+/// A TCP stream whose reads go through [`SOCKET_READ_BUFFER`]; writes pass
+/// straight through.
+pub type BufferedTcp = tokio::io::BufReader<TcpStream>;
+
+/// Wraps `tcp` for use under TLS (see [`SOCKET_READ_BUFFER`]).
+pub fn buffered(tcp: TcpStream) -> BufferedTcp {
+    tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, tcp)
+}
+
+/// The websocket settings both ends of an Airlock data path use: bounded
+/// messages (peer bytes are hostile) and the read chunk above.
+pub fn ws_config_with_limit(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+        .read_buffer_size(WS_READ_CHUNK)
+}
+
 /// The websocket limits every Airlock client socket uses.
 pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE_SIZE))
-        .max_frame_size(Some(MAX_MESSAGE_SIZE))
+    ws_config_with_limit(MAX_MESSAGE_SIZE)
 }
 
 /// Where to dial, split out of a URL.
@@ -104,7 +130,7 @@ impl Target {
             .map_err(|e| format!("invalid server name: {e}"))?;
         let connector = tokio_rustls::TlsConnector::from(tls.clone());
         let stream = connector
-            .connect(name, tcp)
+            .connect(name, buffered(tcp))
             .await
             .map_err(|e| e.to_string())?;
         Ok(Box::new(stream))
