@@ -13,7 +13,8 @@ use airlock_proto::handshake::{
 use airlock_proto::messages::{AgentSessionState, SessionState, StartSessionTask};
 use airlock_proto::reliable::{Event, FEATURE_NO_PAYLOAD_DIGEST};
 use airlock_proto::smux::{self, Cmd, Mux, MuxEvent, MuxRole};
-use airlock_proto::{MessageType, PayloadType};
+use airlock_proto::{FrameBuf, MessageType, PayloadType};
+use airlock_transport::batch;
 use airlock_transport::datachannel::{ChannelEvent, DataChannel, DataSender};
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -33,7 +34,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 const STOCK_PAYLOAD: usize = airlock_proto::frame::STOCK_PAYLOAD_SIZE;
 /// Payload size offered to Airlock clients for port sessions.
-pub const PORT_MAX_PAYLOAD: usize = 64 * 1024;
+pub const PORT_MAX_PAYLOAD: usize = 256 * 1024;
 const OUT_QUEUE: usize = 256;
 const STREAM_QUEUE: usize = 64;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,6 +151,8 @@ fn parse_flag(payload: &[u8]) -> Option<u32> {
 
 enum Out {
     Output(Bytes),
+    /// Smux frames read in place (see `airlock_transport::batch`).
+    Framed(FrameBuf),
     Flag(u32),
     Raw(PayloadType, Bytes),
 }
@@ -161,7 +164,13 @@ fn spawn_sender(
 ) -> tokio::task::JoinHandle<Result<()>> {
     tokio::spawn(async move {
         while let Some(o) = rx.recv().await {
+            // Sealing makes a new buffer anyway: the payload is taken out.
+            let o = match (o, &crypto) {
+                (Out::Framed(buf), Some(_)) => Out::Output(buf.into_payload()),
+                (o, _) => o,
+            };
             match o {
+                Out::Framed(buf) => sender.send_buf(PayloadType::Output, buf).await?,
                 Out::Output(b) => {
                     let b = match &crypto {
                         Some(c) => c.seal(PayloadType::Output, b)?,
@@ -421,10 +430,7 @@ async fn run_mux(
     let mut mux = Mux::new(MuxRole::Server);
     let mut writers: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
     let (int_tx, mut int_rx) = mpsc::channel::<Internal>(1024);
-    let read_size = dest
-        .chunk
-        .saturating_sub(smux::HEADER_LEN)
-        .clamp(512, smux::MAX_FRAME_SIZE);
+    let read_size = dest.chunk;
     let tasks = tokio_util::task::TaskTracker::new();
     let outcome = loop {
         tokio::select! {
@@ -548,23 +554,28 @@ async fn stream_task(
         let _ = wr.shutdown().await;
         written
     });
+    // The stock plugin's smux is held to its own 32 KiB frames.
+    let max_frame = if dest.airlock_peer {
+        usize::from(u16::MAX)
+    } else {
+        smux::MAX_FRAME_SIZE
+    };
     let mut read_total = 0u64;
-    let mut buf = vec![0u8; read_size];
     loop {
-        match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                read_total += n as u64;
-                let mut frame = BytesMut::with_capacity(smux::HEADER_LEN + n);
-                let data = buf.get(..n).unwrap_or(&[]);
-                if smux::encode(Cmd::Psh, sid, data, &mut frame).is_err() {
-                    break;
-                }
-                if out.send(Out::Output(frame.freeze())).await.is_err() {
-                    writer.abort();
-                    return;
-                }
-            }
+        let mut buf = FrameBuf::with_capacity(read_size);
+        let got = batch::read_psh_batch(&mut rd, sid, &mut buf, read_size, max_frame)
+            .await
+            .unwrap_or(batch::Batch {
+                open: false,
+                stream_bytes: 0,
+            });
+        read_total += got.stream_bytes as u64;
+        if got.stream_bytes > 0 && out.send(Out::Framed(buf)).await.is_err() {
+            writer.abort();
+            return;
+        }
+        if !got.open {
+            break;
         }
     }
     let _ = out.send(Out::Output(fin_frame(sid))).await;

@@ -15,9 +15,9 @@ use airlock_proto::handshake::{
 };
 use airlock_proto::reliable::{Config, Event, FEATURE_NO_PAYLOAD_DIGEST};
 use airlock_proto::smux::{self, Cmd, Mux, MuxEvent, MuxRole};
-use airlock_proto::{MessageType, PayloadType, Role};
+use airlock_proto::{FrameBuf, MessageType, PayloadType, Role};
 use airlock_transport::datachannel::{ChannelEvent, DataChannel, DataSender};
-use airlock_transport::ws;
+use airlock_transport::{batch, ws};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
@@ -34,7 +34,7 @@ pub const PORT_DOCUMENTS: &[&str] = &[
     "AWS-StartSSHSession",
 ];
 /// Payload size this client accepts for port sessions with an Airlock agent.
-pub const PORT_MAX_PAYLOAD: usize = 64 * 1024;
+pub const PORT_MAX_PAYLOAD: usize = 256 * 1024;
 const STOCK_PAYLOAD: usize = airlock_proto::frame::STOCK_PAYLOAD_SIZE;
 const OUT_QUEUE: usize = 256;
 const STREAM_QUEUE: usize = 64;
@@ -233,6 +233,9 @@ pub struct Negotiated {
     pub mode: Mode,
     pub properties: serde_json::Value,
     pub chunk: usize,
+    /// Largest smux frame to send: an Airlock agent reads any u16 length,
+    /// the stock agent is held to the plugin's 32 KiB.
+    pub max_smux_frame: usize,
     /// Set when an Airlock agent encrypts this port session (`kms_port`).
     pub crypto: Option<ClientCrypto>,
 }
@@ -265,10 +268,16 @@ pub fn negotiate(req: &HandshakeRequest, force_stdio: bool) -> Negotiated {
     } else {
         Mode::Basic
     };
+    let max_smux_frame = if caps.is_some() {
+        usize::from(u16::MAX)
+    } else {
+        smux::MAX_FRAME_SIZE
+    };
     Negotiated {
         mode,
         properties,
         chunk,
+        max_smux_frame,
         crypto: None,
     }
 }
@@ -290,6 +299,8 @@ fn parse_flag(p: &[u8]) -> Option<u32> {
 
 enum Out {
     Data(Bytes),
+    /// Smux frames read in place (see `airlock_transport::batch`).
+    Framed(FrameBuf),
     Flag(u32),
 }
 
@@ -300,7 +311,13 @@ fn spawn_sender(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(o) = rx.recv().await {
+            // Sealing makes a new buffer anyway: the payload is taken out.
+            let o = match (o, &crypto) {
+                (Out::Framed(buf), Some(_)) => Out::Data(buf.into_payload()),
+                (o, _) => o,
+            };
             let r = match o {
+                Out::Framed(buf) => sender.send_buf(PayloadType::Output, buf).await,
                 Out::Data(b) => {
                     let b = match &crypto {
                         Some(c) => match c.seal(PayloadType::Output, b) {
@@ -683,6 +700,37 @@ async fn pump_reader<R: AsyncRead + Unpin>(
     }
 }
 
+/// Copies one multiplexed connection into `out` as payloads of smux frames
+/// read in place, up to `chunk` bytes each. Returns false when `out` is gone,
+/// true when `rd` ended (its FIN is the caller's).
+async fn pump_mux_stream<R: AsyncRead + Unpin>(
+    mut rd: R,
+    sid: u32,
+    chunk: usize,
+    max_frame: usize,
+    out: &mpsc::Sender<Out>,
+    sent: &AtomicU64,
+) -> bool {
+    loop {
+        let mut buf = FrameBuf::with_capacity(chunk);
+        let got = batch::read_psh_batch(&mut rd, sid, &mut buf, chunk, max_frame)
+            .await
+            .unwrap_or(batch::Batch {
+                open: false,
+                stream_bytes: 0,
+            });
+        if got.stream_bytes > 0 {
+            sent.fetch_add(got.stream_bytes as u64, Ordering::Relaxed);
+            if out.send(Out::Framed(buf)).await.is_err() {
+                return false;
+            }
+        }
+        if !got.open {
+            return true;
+        }
+    }
+}
+
 fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
     mut wr: W,
     mut rx: mpsc::Receiver<Bytes>,
@@ -719,10 +767,6 @@ async fn run_mux(
     let mut mux = Mux::new(MuxRole::Client);
     let mut writers: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
     let (closed_tx, mut closed_rx) = mpsc::channel::<u32>(1024);
-    let read_size = neg
-        .chunk
-        .saturating_sub(smux::HEADER_LEN)
-        .clamp(512, smux::MAX_FRAME_SIZE);
     loop {
         tokio::select! {
             _ = interrupted.notified() => return Ok(End::Interrupted),
@@ -748,9 +792,9 @@ async fn run_mux(
                 let out = out.clone();
                 let closed = closed_tx.clone();
                 let counters = counters.clone();
+                let (chunk, max_frame) = (neg.chunk, neg.max_smux_frame);
                 tokio::spawn(async move {
-                    let sent = Some(&counters.sent);
-                    if pump_reader(rd, read_size, &out, sent, |d| frame(Cmd::Psh, sid, d)).await {
+                    if pump_mux_stream(rd, sid, chunk, max_frame, &out, &counters.sent).await {
                         if let Some(f) = frame(Cmd::Fin, sid, &[]) {
                             let _ = out.send(Out::Data(f)).await;
                         }

@@ -181,6 +181,77 @@ impl std::fmt::Debug for Frame {
     }
 }
 
+/// A payload built behind room for its frame header, so framing it copies
+/// nothing: a port session reads socket bytes straight into one, and
+/// [`FrameBuf::into_wire`] writes the header in front. `Debug` shows sizes
+/// only.
+pub struct FrameBuf {
+    /// `HEADER_LEN` reserved bytes, then the payload.
+    buf: BytesMut,
+}
+
+impl FrameBuf {
+    /// Room for `payload` bytes without reallocating.
+    pub fn with_capacity(payload: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + payload);
+        buf.put_bytes(0, HEADER_LEN);
+        FrameBuf { buf }
+    }
+
+    /// The buffer payload bytes are appended to. Its first [`HEADER_LEN`]
+    /// bytes are the header's room: write after them, never shorten past
+    /// them ([`FrameBuf::into_wire`] refuses a buffer that was).
+    pub fn buf_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        self.buf.get(HEADER_LEN..).unwrap_or(&[])
+    }
+
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        self.buf.get_mut(HEADER_LEN..).unwrap_or(&mut [])
+    }
+
+    pub fn payload_len(&self) -> usize {
+        self.buf.len().saturating_sub(HEADER_LEN)
+    }
+
+    /// Drops payload bytes past `len`.
+    pub fn truncate_payload(&mut self, len: usize) {
+        self.buf.truncate(HEADER_LEN + len);
+    }
+
+    /// The payload alone, without copying (for sealing it instead).
+    pub fn into_payload(self) -> Bytes {
+        let mut buf = self.buf;
+        if buf.len() < HEADER_LEN {
+            return Bytes::new();
+        }
+        buf.split_off(HEADER_LEN).freeze()
+    }
+
+    /// The wire frame: `header`'s fields (its own payload is not used) in
+    /// front of this payload.
+    pub fn into_wire(self, header: &Frame, digest: bool) -> Result<Bytes, FrameError> {
+        let mut buf = self.buf;
+        if buf.len() < HEADER_LEN {
+            return Err(FrameError::TooShort { len: buf.len() });
+        }
+        let (head, payload) = buf.split_at_mut(HEADER_LEN);
+        header.write_header(head, payload, digest)?;
+        Ok(buf.freeze())
+    }
+}
+
+impl std::fmt::Debug for FrameBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameBuf")
+            .field("payload_len", &self.payload_len())
+            .finish()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("frame of {len} bytes is shorter than the {HEADER_LEN}-byte header")]
@@ -234,6 +305,20 @@ impl Frame {
     /// an unkeyed checksum under TLS: it costs a SHA-256 pass per byte on
     /// each end and protects nothing TLS does not).
     pub fn encode_opts(&self, digest: bool) -> Result<Bytes, FrameError> {
+        if self.payload.len() > MAX_PAYLOAD_LEN {
+            return Err(FrameError::TooLarge {
+                len: self.payload.len(),
+                max: MAX_PAYLOAD_LEN,
+            });
+        }
+        let mut buf = FrameBuf::with_capacity(self.payload.len());
+        buf.buf_mut().extend_from_slice(&self.payload);
+        buf.into_wire(self, digest)
+    }
+
+    /// Writes this frame's header for `payload` into `out` (exactly
+    /// [`HEADER_LEN`] bytes). `self.payload` is not used.
+    fn write_header(&self, out: &mut [u8], payload: &[u8], digest: bool) -> Result<(), FrameError> {
         let ty = self.message_type.as_str().as_bytes();
         if ty.is_empty() {
             return Err(FrameError::EmptyMessageType);
@@ -241,14 +326,14 @@ impl Frame {
         if ty.len() > MESSAGE_TYPE_LEN || !ty.is_ascii() {
             return Err(FrameError::BadMessageType);
         }
-        let len = self.payload.len();
+        let len = payload.len();
         if len > MAX_PAYLOAD_LEN {
             return Err(FrameError::TooLarge {
                 len,
                 max: MAX_PAYLOAD_LEN,
             });
         }
-        let mut out = BytesMut::with_capacity(HEADER_LEN + len);
+        let mut out = out;
         out.put_u32(HEADER_LENGTH_FIELD);
         out.put_slice(ty);
         out.put_bytes(b' ', MESSAGE_TYPE_LEN - ty.len());
@@ -260,15 +345,14 @@ impl Frame {
         out.put_slice(&id[8..16]);
         out.put_slice(&id[0..8]);
         if digest {
-            out.put_slice(digest::digest(&digest::SHA256, &self.payload).as_ref());
+            out.put_slice(digest::digest(&digest::SHA256, payload).as_ref());
         } else {
             out.put_bytes(0, 32);
         }
         out.put_u32(self.payload_type.to_u32());
         // len <= MAX_PAYLOAD_LEN, which fits in u32.
         out.put_u32(len as u32);
-        out.put_slice(&self.payload);
-        Ok(out.freeze())
+        Ok(())
     }
 
     /// Parses one websocket binary message. `max_payload` is the negotiated

@@ -15,5 +15,5 @@ pub mod messages;
 pub mod reliable;
 pub mod smux;
 
-pub use frame::{Frame, FrameError, MessageType, PayloadType};
+pub use frame::{Frame, FrameBuf, FrameError, MessageType, PayloadType};
 pub use reliable::{ReliableChannel, Role};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::frame::{flags, Frame, FrameError, MessageType, PayloadType, MAX_PAYLOAD_LEN};
+use crate::frame::{flags, Frame, FrameBuf, FrameError, MessageType, PayloadType, MAX_PAYLOAD_LEN};
 use crate::messages::Acknowledge;
 
 /// Which end of the data channel this is; decides the outgoing message type.
@@ -27,11 +27,17 @@ pub struct Config {
     /// Most unacked stream frames in flight; `send` refuses beyond it. Stock
     /// peers never wait for acks, so a large value keeps them compatible.
     pub max_in_flight: usize,
+    /// The flow-control window in bytes: no frame is sent while this many
+    /// encoded bytes await their ack (one frame may cross it).
+    pub max_in_flight_bytes: usize,
     /// Frames received ahead of a gap that are kept (spec: plugin 10 000).
     pub max_reorder: usize,
     /// Delivered payloads the application has not polled yet. When full, the
     /// next in-order frame is neither acked nor consumed: the peer resends it.
     pub max_undelivered: usize,
+    /// Payload bytes delivered but not polled, and separately payload bytes
+    /// held ahead of a gap, at most this many each (one frame may cross it).
+    pub max_buffered_bytes: usize,
     /// Largest payload accepted in a received frame.
     pub max_payload: usize,
     pub initial_rtt: Duration,
@@ -39,12 +45,18 @@ pub struct Config {
     pub max_rto: Duration,
 }
 
+/// 16 MiB: a gigabyte per second over a 16 ms round trip, and a bound on
+/// what a session holds for an unreachable peer.
+pub const DEFAULT_WINDOW_BYTES: usize = 16 << 20;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             max_in_flight: 4096,
+            max_in_flight_bytes: DEFAULT_WINDOW_BYTES,
             max_reorder: 10_000,
             max_undelivered: 4096,
+            max_buffered_bytes: 2 * DEFAULT_WINDOW_BYTES,
             max_payload: crate::frame::MAX_PAYLOAD_LEN,
             initial_rtt: Duration::from_millis(100),
             min_rto: Duration::from_millis(10),
@@ -103,6 +115,8 @@ pub struct ReliableChannel {
     // Send side.
     next_send_seq: i64,
     unacked: BTreeMap<i64, InFlight>,
+    /// Encoded bytes in `unacked`.
+    in_flight_bytes: usize,
     /// Retransmission deadlines, `(due, seq)`; exactly one entry per unacked frame.
     timers: BTreeSet<(Instant, i64)>,
     transmit: VecDeque<Bytes>,
@@ -117,6 +131,10 @@ pub struct ReliableChannel {
     events: VecDeque<Event>,
     /// `Event::Data` entries in `events`; bounded by `max_undelivered`.
     undelivered: usize,
+    /// Their payload bytes; bounded by `max_buffered_bytes`.
+    undelivered_bytes: usize,
+    /// Payload bytes in `reorder`; bounded by `max_buffered_bytes`.
+    reorder_bytes: usize,
     /// `Event::Control` entries in `events`; bounded by [`MAX_PENDING_CONTROL`].
     pending_control: usize,
     /// Fast path (negotiated): outgoing frames carry no payload digest, and
@@ -159,6 +177,7 @@ impl ReliableChannel {
             stats: Stats::default(),
             next_send_seq: 0,
             unacked: BTreeMap::new(),
+            in_flight_bytes: 0,
             timers: BTreeSet::new(),
             transmit: VecDeque::new(),
             srtt: config.initial_rtt,
@@ -168,6 +187,8 @@ impl ReliableChannel {
             reorder: BTreeMap::new(),
             events: VecDeque::new(),
             undelivered: 0,
+            undelivered_bytes: 0,
+            reorder_bytes: 0,
             pending_control: 0,
             send_digest: true,
             accept_missing_digest: false,
@@ -182,8 +203,27 @@ impl ReliableChannel {
         payload: Bytes,
         now: Instant,
     ) -> Result<(), SendError> {
+        if payload.len() > MAX_PAYLOAD_LEN {
+            return Err(FrameError::TooLarge {
+                len: payload.len(),
+                max: MAX_PAYLOAD_LEN,
+            }
+            .into());
+        }
+        let mut buf = FrameBuf::with_capacity(payload.len());
+        buf.buf_mut().extend_from_slice(&payload);
+        self.send_buf(payload_type, buf, now)
+    }
+
+    /// Like [`ReliableChannel::send`], framing the payload where it lies.
+    pub fn send_buf(
+        &mut self,
+        payload_type: PayloadType,
+        payload: FrameBuf,
+        now: Instant,
+    ) -> Result<(), SendError> {
         self.observe(now);
-        if self.unacked.len() >= self.config.max_in_flight {
+        if self.send_capacity() == 0 {
             return Err(SendError::WindowFull(self.unacked.len()));
         }
         let seq = self.next_send_seq;
@@ -193,18 +233,19 @@ impl ReliableChannel {
         };
         let frame_flags = if seq == 0 { flags::SYN } else { 0 };
         let id = self.next_id();
-        let frame = Frame::new(
+        let header = Frame::new(
             message_type,
             seq,
             frame_flags,
             id,
             payload_type,
-            payload,
+            Bytes::new(),
             self.created_date(now),
         );
-        let encoded = frame.encode_opts(self.send_digest)?;
+        let encoded = payload.into_wire(&header, self.send_digest)?;
         self.next_send_seq = seq.saturating_add(1);
         let deadline = now + self.rto;
+        self.in_flight_bytes += encoded.len();
         self.unacked.insert(
             seq,
             InFlight {
@@ -244,8 +285,12 @@ impl ReliableChannel {
         Ok(())
     }
 
-    /// How many more frames `send` accepts now.
+    /// How many more frames `send` accepts now (0 while the byte window is
+    /// full).
     pub fn send_capacity(&self) -> usize {
+        if self.in_flight_bytes >= self.config.max_in_flight_bytes {
+            return 0;
+        }
         self.config.max_in_flight.saturating_sub(self.unacked.len())
     }
 
@@ -274,7 +319,9 @@ impl ReliableChannel {
             self.stats.duplicates_received += 1;
             self.queue_ack(&frame, now);
         } else if seq == self.expected_seq {
-            if self.undelivered >= self.config.max_undelivered {
+            if self.undelivered >= self.config.max_undelivered
+                || self.undelivered_bytes >= self.config.max_buffered_bytes
+            {
                 // Not consumed and not acked: the peer resends it later.
                 return Ok(());
             }
@@ -284,8 +331,10 @@ impl ReliableChannel {
             self.drain_reorder();
         } else {
             let ahead = u64::try_from(seq - self.expected_seq).unwrap_or(u64::MAX);
-            let room = self.reorder.len() < self.config.max_reorder;
+            let room = self.reorder.len() < self.config.max_reorder
+                && self.reorder_bytes < self.config.max_buffered_bytes;
             if room && ahead <= self.config.max_reorder as u64 {
+                self.reorder_bytes += frame.payload.len();
                 self.reorder
                     .insert(seq, (frame.payload_type, frame.payload.clone()));
                 self.queue_ack(&frame, now);
@@ -335,8 +384,9 @@ impl ReliableChannel {
     pub fn poll_event(&mut self) -> Option<Event> {
         let event = self.events.pop_front()?;
         match event {
-            Event::Data { .. } => {
+            Event::Data { ref payload, .. } => {
                 self.undelivered = self.undelivered.saturating_sub(1);
+                self.undelivered_bytes = self.undelivered_bytes.saturating_sub(payload.len());
                 self.drain_reorder();
             }
             Event::Control(_) => self.pending_control = self.pending_control.saturating_sub(1),
@@ -412,6 +462,7 @@ impl ReliableChannel {
 
     fn deliver(&mut self, payload_type: PayloadType, payload: Bytes) {
         self.undelivered += 1;
+        self.undelivered_bytes += payload.len();
         self.events.push_back(Event::Data {
             payload_type,
             payload,
@@ -425,6 +476,7 @@ impl ReliableChannel {
             let Some((payload_type, payload)) = self.reorder.remove(&self.expected_seq) else {
                 break;
             };
+            self.reorder_bytes = self.reorder_bytes.saturating_sub(payload.len());
             self.deliver(payload_type, payload);
             self.expected_seq += 1;
         }
@@ -466,6 +518,7 @@ impl ReliableChannel {
         let Some(entry) = self.unacked.remove(&ack.sequence_number) else {
             return Ok(());
         };
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(entry.encoded.len());
         self.timers.remove(&(entry.deadline, ack.sequence_number));
         // Karn: a retransmitted frame's ack is ambiguous, so no sample.
         if !entry.retransmitted {

@@ -68,14 +68,23 @@ pub enum SmuxError {
 
 /// Appends one frame to `out`. `data` must fit in a u16.
 pub fn encode(cmd: Cmd, sid: u32, data: &[u8], out: &mut BytesMut) -> Result<(), SmuxError> {
-    let len = u16::try_from(data.len()).map_err(|_| SmuxError::TooLarge(data.len()))?;
     out.reserve(HEADER_LEN + data.len());
+    out.put_slice(&header(cmd, sid, data.len())?);
+    out.put_slice(data);
+    Ok(())
+}
+
+/// The header of a frame carrying `len` data bytes, for writers that place
+/// the data themselves.
+pub fn header(cmd: Cmd, sid: u32, len: usize) -> Result<[u8; HEADER_LEN], SmuxError> {
+    let len = u16::try_from(len).map_err(|_| SmuxError::TooLarge(len))?;
+    let mut h = [0u8; HEADER_LEN];
+    let mut out = &mut h[..];
     out.put_u8(VERSION);
     out.put_u8(cmd as u8);
     out.put_u16_le(len);
     out.put_u32_le(sid);
-    out.put_slice(data);
-    Ok(())
+    Ok(h)
 }
 
 /// Incremental frame decoder over an arbitrarily chunked byte stream.

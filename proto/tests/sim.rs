@@ -373,6 +373,58 @@ fn duplicate_is_reacked_not_redelivered() {
 }
 
 #[test]
+fn byte_window_holds_big_frames_until_acked() {
+    let (now, mut client, mut agent) = pair(Config {
+        max_in_flight_bytes: 3000,
+        ..Config::default()
+    });
+    let kib = Bytes::from(vec![7u8; 1000]);
+    for _ in 0..3 {
+        client.send(PayloadType::Output, kib.clone(), now).unwrap();
+    }
+    // Three frames of 1000 + HEADER_LEN bytes passed 3000.
+    assert_eq!(client.send_capacity(), 0);
+    assert_eq!(
+        client.send(PayloadType::Output, kib.clone(), now),
+        Err(SendError::WindowFull(3))
+    );
+    for pkt in drain(&mut client) {
+        agent.handle_bytes(pkt, now).unwrap();
+    }
+    let acks = drain(&mut agent);
+    client.handle_bytes(acks[0].clone(), now).unwrap();
+    assert!(client.send_capacity() > 0);
+    client.send(PayloadType::Output, kib, now).unwrap();
+    assert_eq!(client.send_capacity(), 0);
+    assert_eq!(data_events(&mut agent).len(), 3);
+}
+
+#[test]
+fn receiver_holds_at_most_its_byte_budget_unacked_beyond() {
+    let (now, mut client, mut agent) = pair(Config {
+        max_buffered_bytes: 2000,
+        ..Config::default()
+    });
+    for _ in 0..3 {
+        client
+            .send(PayloadType::Output, Bytes::from(vec![1u8; 1000]), now)
+            .unwrap();
+    }
+    for pkt in drain(&mut client) {
+        agent.handle_bytes(pkt, now).unwrap();
+    }
+    // The third frame is neither consumed nor acked: the sender keeps it.
+    assert_eq!(drain(&mut agent).len(), 2);
+    assert_eq!(data_events(&mut agent).len(), 2);
+    let deadline = client.poll_timeout().unwrap();
+    client.handle_timeout(deadline);
+    for pkt in drain(&mut client) {
+        agent.handle_bytes(pkt, deadline).unwrap();
+    }
+    assert_eq!(data_events(&mut agent).len(), 1);
+}
+
+#[test]
 fn window_full_blocks_send_until_acked() {
     let (now, mut client, mut agent) = pair(Config {
         max_in_flight: 2,

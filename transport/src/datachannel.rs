@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airlock_proto::reliable::{Config, Event, SendError};
-use airlock_proto::{MessageType, PayloadType, ReliableChannel, Role};
+use airlock_proto::{FrameBuf, MessageType, PayloadType, ReliableChannel, Role};
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream};
 use tokio::sync::{mpsc, oneshot};
@@ -68,7 +68,7 @@ type Reply = oneshot::Sender<Result<(), ChannelError>>;
 enum Command {
     Send {
         payload_type: PayloadType,
-        payload: Bytes,
+        payload: FrameBuf,
         reply: Reply,
     },
     SendUnsequenced {
@@ -135,6 +135,18 @@ impl DataSender {
         &self,
         payload_type: PayloadType,
         payload: Bytes,
+    ) -> Result<(), ChannelError> {
+        let mut buf = FrameBuf::with_capacity(payload.len());
+        buf.buf_mut().extend_from_slice(&payload);
+        self.send_buf(payload_type, buf).await
+    }
+
+    /// Like [`DataSender::send`] for a payload built in a [`FrameBuf`]: the
+    /// frame header is written in front of it, nothing is copied.
+    pub async fn send_buf(
+        &self,
+        payload_type: PayloadType,
+        payload: FrameBuf,
     ) -> Result<(), ChannelError> {
         self.command(|reply| Command::Send {
             payload_type,
@@ -459,7 +471,7 @@ struct Driver {
     write_blocked: bool,
     /// Sends waiting for window; each has a caller waiting on its reply, so
     /// the queue is bounded by the number of concurrent callers.
-    pending_sends: VecDeque<(PayloadType, Bytes, Reply)>,
+    pending_sends: VecDeque<(PayloadType, FrameBuf, Reply)>,
     flush_waiters: Vec<oneshot::Sender<()>>,
     /// Delivered ahead of proto events so a full event queue cannot lose it.
     pending_disconnect: Option<Disconnect>,
@@ -644,7 +656,7 @@ impl Driver {
             };
             let r = self
                 .channel
-                .send(payload_type, payload, now)
+                .send_buf(payload_type, payload, now)
                 .map_err(send_error);
             let _ = reply.send(r);
         }

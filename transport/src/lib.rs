@@ -10,6 +10,7 @@
 
 pub mod alloc;
 pub mod api;
+pub mod batch;
 pub mod credentials;
 pub mod datachannel;
 pub mod tls;

@@ -1,0 +1,144 @@
+//! Port-session reads that become data-channel payloads without copies.
+
+use airlock_proto::smux::{self, Cmd};
+use airlock_proto::FrameBuf;
+use bytes::BufMut;
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// What one [`read_psh_batch`] call took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// False once the reader reached its end.
+    pub open: bool,
+    /// Stream bytes in the batch (smux headers not counted).
+    pub stream_bytes: usize,
+}
+
+/// Fills `buf` with smux `Psh` frames of stream `sid`, reading `rd` straight
+/// into it: waits for the first bytes, then keeps taking bytes that are
+/// already there (no waiting) until the payload would pass `max_payload`.
+/// Each smux frame carries at most `max_frame` bytes.
+///
+/// Bytes read before `rd` ended are in `buf`. An error on the first read is
+/// returned; a later one is left for the next call to report, so no bytes
+/// already read are lost.
+pub async fn read_psh_batch<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    sid: u32,
+    buf: &mut FrameBuf,
+    max_payload: usize,
+    max_frame: usize,
+) -> std::io::Result<Batch> {
+    let max_frame = max_frame.min(usize::from(u16::MAX));
+    let mut first = true;
+    let mut batch = Batch {
+        open: true,
+        stream_bytes: 0,
+    };
+    loop {
+        let room = max_payload
+            .saturating_sub(buf.payload_len() + smux::HEADER_LEN)
+            .min(max_frame);
+        if room == 0 {
+            return Ok(batch);
+        }
+        let start = buf.payload_len();
+        buf.buf_mut().put_bytes(0, smux::HEADER_LEN);
+        let read = {
+            let mut limited = buf.buf_mut().limit(room);
+            let fut = rd.read_buf(&mut limited);
+            if first {
+                Some(fut.await)
+            } else {
+                fut.now_or_never()
+            }
+        };
+        match read {
+            Some(Ok(n)) if n > 0 => {
+                let header = smux::header(Cmd::Psh, sid, n)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                let at = start..start + smux::HEADER_LEN;
+                if let Some(slot) = buf.payload_mut().get_mut(at) {
+                    slot.copy_from_slice(&header);
+                }
+                batch.stream_bytes += n;
+            }
+            Some(Ok(_)) => {
+                buf.truncate_payload(start);
+                batch.open = false;
+                return Ok(batch);
+            }
+            Some(Err(e)) if first => {
+                buf.truncate_payload(start);
+                return Err(e);
+            }
+            Some(Err(_)) | None => {
+                buf.truncate_payload(start);
+                return Ok(batch);
+            }
+        }
+        first = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_proto::smux::{Decoder, SmuxFrame};
+    use tokio::io::AsyncWriteExt;
+
+    fn frames(payload: &[u8]) -> Vec<SmuxFrame> {
+        let mut d = Decoder::new(1 << 20);
+        d.push(payload).unwrap();
+        std::iter::from_fn(|| d.next_frame().unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn takes_what_is_ready_in_frames_up_to_the_limits() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        a.write_all(&data).await.unwrap();
+        let mut buf = FrameBuf::with_capacity(70_000);
+        let got = read_psh_batch(&mut b, 7, &mut buf, 70_000, 32_768)
+            .await
+            .unwrap();
+        assert!(got.open);
+        assert!(buf.payload_len() <= 70_000);
+        let framed = frames(buf.payload());
+        assert_eq!(framed.len(), 3);
+        assert!(framed
+            .iter()
+            .all(|f| f.sid == 7 && f.cmd == Cmd::Psh && f.data.len() <= 32_768));
+        let joined: Vec<u8> = framed.iter().flat_map(|f| f.data.to_vec()).collect();
+        assert_eq!(joined, data[..joined.len()]);
+        assert_eq!(joined.len(), got.stream_bytes);
+    }
+
+    #[tokio::test]
+    async fn end_of_stream_keeps_the_bytes_before_it() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(b"tail").await.unwrap();
+        drop(a);
+        let mut buf = FrameBuf::with_capacity(1024);
+        let got = read_psh_batch(&mut b, 1, &mut buf, 1024, 512)
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            Batch {
+                open: false,
+                stream_bytes: 4
+            }
+        );
+        let got = frames(buf.payload());
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].data[..], b"tail");
+        let mut buf = FrameBuf::with_capacity(1024);
+        let got = read_psh_batch(&mut b, 1, &mut buf, 1024, 512)
+            .await
+            .unwrap();
+        assert!(!got.open);
+        assert_eq!(buf.payload_len(), 0);
+    }
+}
