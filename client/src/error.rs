@@ -8,6 +8,9 @@ use airlock_transport::api::{ApiError, CallError};
 use airlock_transport::credentials::CredentialsError;
 use airlock_transport::tls::TlsError;
 
+/// The gateway ended the session as Failed (the agent could not run it, or
+/// it could not be kept running) before any exit status arrived.
+pub const EXIT_SESSION_FAILED: i32 = 251;
 pub const EXIT_USAGE: i32 = 252;
 pub const EXIT_CONFIG: i32 = 253;
 pub const EXIT_API: i32 = 254;

@@ -573,9 +573,13 @@ pub async fn run(
     let _ = dc.flush(Duration::from_secs(1)).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), dc.close()).await;
     match result {
-        Ok(End::Closed(msg)) => {
+        Ok(End::Closed(msg, failed)) => {
             eprint!("{msg}");
-            Ok(0)
+            Ok(if failed {
+                crate::error::EXIT_SESSION_FAILED
+            } else {
+                0
+            })
         }
         Ok(End::Interrupted) => Ok(0),
         Err(e) => Err(e),
@@ -583,7 +587,8 @@ pub async fn run(
 }
 
 enum End {
-    Closed(String),
+    /// The gateway closed the channel; true when the session failed.
+    Closed(String, bool),
     Interrupted,
 }
 
@@ -657,7 +662,10 @@ fn common(ev: Option<ChannelEvent>, neg: &Negotiated) -> Common {
         Some(ChannelEvent::Proto(Event::Control(f)))
             if f.message_type == MessageType::ChannelClosed =>
         {
-            Common::End(Ok(End::Closed(closed_message(&f))))
+            Common::End(Ok(End::Closed(
+                closed_message(&f),
+                crate::session::ended_as_failed(&f),
+            )))
         }
         Some(ChannelEvent::Proto(Event::Control(f))) => {
             // stderr: in stdio mode stdout carries the forwarded stream.

@@ -408,6 +408,9 @@ impl SessionRunner {
                                 break Err(ClientError::Transport(format!("the session could not be encrypted: {e}")));
                             }
                             let code = match self.exit_policy {
+                                ExitPolicy::RemoteStatus if exit_code.is_none() && ended_as_failed(&frame) => {
+                                    crate::error::EXIT_SESSION_FAILED
+                                }
                                 ExitPolicy::RemoteStatus => exit_code.unwrap_or(0),
                                 ExitPolicy::AlwaysZero => 0,
                             };
@@ -481,6 +484,14 @@ pub(crate) fn session_notice(frame: &airlock_proto::frame::Frame) -> Option<Stri
         .get("Message")?
         .as_str()
         .map(|m| m.chars().take(1024).collect())
+}
+
+/// Whether an Airlock gateway's `channel_closed` says the session failed.
+pub(crate) fn ended_as_failed(frame: &airlock_proto::Frame) -> bool {
+    serde_json::from_slice::<ChannelClosed>(&frame.payload)
+        .ok()
+        .and_then(|c| c.airlock_session_status)
+        .is_some_and(|s| s == "Failed")
 }
 
 #[cfg(test)]

@@ -721,11 +721,13 @@ pub async fn end_session_with(
     state.hub.revoke_tokens(TokenKind::AgentData, session_id);
     if let Some(relay) = state.hub.remove_relay(session_id) {
         if let Ok(mut g) = relay.close_reason.lock() {
-            *g = Some(output.to_string());
+            *g = Some((status.to_string(), output.to_string()));
         }
         relay.cancel.cancel();
         if let Some(agent) = state.hub.agent(&relay.target) {
-            if let Some(f) = crate::ws::channel_closed_frame(session_id, &relay.target, output) {
+            if let Some(f) =
+                crate::ws::channel_closed_frame(session_id, &relay.target, output, Some(status))
+            {
                 let _ = agent.tx.try_send(f);
             }
         }

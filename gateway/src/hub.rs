@@ -102,7 +102,8 @@ pub struct Relay {
     agent: SideState,
     /// Cancelled when the session ends; socket tasks then send channel_closed.
     pub cancel: CancellationToken,
-    pub close_reason: Mutex<Option<String>>,
+    /// The end as the client is told it: (status, output).
+    pub close_reason: Mutex<Option<(String, String)>>,
     pub span: tracing::Span,
     /// Wall-clock ms when the session was created.
     pub created_ms: i64,
@@ -192,7 +193,7 @@ impl Relay {
     pub fn touch(&self) {
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
     }
-    pub fn reason(&self) -> Option<String> {
+    pub fn reason(&self) -> Option<(String, String)> {
         self.close_reason.lock().ok().and_then(|g| g.clone())
     }
 }

@@ -163,8 +163,14 @@ pub fn session_notice_frame(session_id: &str, message: &str) -> Option<Bytes> {
     )
 }
 
-/// A `channel_closed` frame with `reason` as Output.
-pub fn channel_closed_frame(session_id: &str, destination: &str, reason: &str) -> Option<Bytes> {
+/// A `channel_closed` frame with `reason` as Output and, when known, the
+/// session's final status.
+pub fn channel_closed_frame(
+    session_id: &str,
+    destination: &str,
+    reason: &str,
+    status: Option<&str>,
+) -> Option<Bytes> {
     let created = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
@@ -176,6 +182,7 @@ pub fn channel_closed_frame(session_id: &str, destination: &str, reason: &str) -
         message_type: "channel_closed".into(),
         schema_version: 1,
         output: (!reason.is_empty()).then(|| reason.to_string()),
+        airlock_session_status: status.map(String::from),
     };
     encode(MessageType::ChannelClosed, serde_json::to_vec(&cc).ok()?)
 }
@@ -347,7 +354,9 @@ async fn data_channel(state: Arc<AppState>, mut ws: Ws, session_id: String) {
         Err(_) => return close(&mut ws, CloseCode::Policy, "invalid OpenDataChannel").await,
     };
     let Some(relay) = state.hub.relay(&session_id) else {
-        if let Some(f) = channel_closed_frame(&session_id, "", "Session is already terminated") {
+        if let Some(f) =
+            channel_closed_frame(&session_id, "", "Session is already terminated", None)
+        {
             let _ = send(&mut ws, Message::Binary(f)).await;
         }
         return close(&mut ws, CloseCode::Normal, "Session is already terminated").await;
@@ -379,8 +388,11 @@ async fn data_channel(state: Arc<AppState>, mut ws: Ws, session_id: String) {
 }
 
 async fn send_closed(ws: &mut Ws, relay: &Relay, destination: &str) {
-    let reason = relay.reason().unwrap_or_default();
-    if let Some(f) = channel_closed_frame(&relay.session_id, destination, &reason) {
+    let (status, reason) = relay.reason().unzip();
+    let reason = reason.unwrap_or_default();
+    if let Some(f) =
+        channel_closed_frame(&relay.session_id, destination, &reason, status.as_deref())
+    {
         let _ = send(ws, Message::Binary(f)).await;
     }
     close(ws, CloseCode::Normal, "").await;

@@ -102,6 +102,15 @@ pub struct ChannelClosed {
     pub schema_version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// Airlock gateways say how the session ended (`Terminated`, `Failed`,
+    /// ...), so a client can tell a failed session from a finished one.
+    /// Stock peers ignore the member.
+    #[serde(
+        rename = "AirlockSessionStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub airlock_session_status: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

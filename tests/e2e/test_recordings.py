@@ -455,6 +455,8 @@ def test_fail_closed_refuses_a_session_the_agent_cannot_record(workdir, s3):
             out = airlock(gw, "start-session", "--target", ag.instance_id,
                           stdin=b"echo unrecorded-$((4*4)); exit 0\n")
             assert b"unrecorded-16" not in out.stdout, out.stdout
+            # A failed session is not a success: 251, not the 0 of a clean end.
+            assert out.returncode == 251, (out.returncode, out.stderr)
             assert b"its recording could not be started" in out.stdout + out.stderr, (out.stdout, out.stderr)
             assert b"The agent reported the session task failed" in out.stderr, out.stderr
             s = last_session(gw, ag.instance_id)
