@@ -16,7 +16,7 @@ use airlock_proto::handshake::{
 };
 use airlock_proto::messages::StartSessionTask;
 use airlock_proto::reliable::Event;
-use airlock_proto::{PayloadType, Role};
+use airlock_proto::{FrameBuf, PayloadType, Role};
 use airlock_transport::api::CallError;
 use airlock_transport::datachannel::{ChannelEvent, DataChannel};
 use anyhow::{anyhow, bail, Context, Result};
@@ -198,6 +198,16 @@ impl AgentCrypto {
             .lock()
             .map_err(|_| anyhow!("sealer lock poisoned"))?;
         Ok(Bytes::from(s.seal(&payload)?))
+    }
+
+    /// Seals an Output payload built in place (see
+    /// `airlock_transport::batch::batch_buffer`).
+    pub fn seal_output_in_place(&self, buf: &mut FrameBuf) -> Result<()> {
+        let mut s = self
+            .sealer
+            .lock()
+            .map_err(|_| anyhow!("sealer lock poisoned"))?;
+        Ok(s.seal_in_place(buf)?)
     }
 
     /// Opens `payload` when its type is encrypted client→agent.

@@ -164,13 +164,13 @@ fn spawn_sender(
 ) -> tokio::task::JoinHandle<Result<()>> {
     tokio::spawn(async move {
         while let Some(o) = rx.recv().await {
-            // Sealing makes a new buffer anyway: the payload is taken out.
-            let o = match (o, &crypto) {
-                (Out::Framed(buf), Some(_)) => Out::Output(buf.into_payload()),
-                (o, _) => o,
-            };
             match o {
-                Out::Framed(buf) => sender.send_buf(PayloadType::Output, buf).await?,
+                Out::Framed(mut buf) => {
+                    if let Some(c) = &crypto {
+                        c.seal_output_in_place(&mut buf)?;
+                    }
+                    sender.send_buf(PayloadType::Output, buf).await?
+                }
                 Out::Output(b) => {
                     let b = match &crypto {
                         Some(c) => c.seal(PayloadType::Output, b)?,
@@ -562,8 +562,8 @@ async fn stream_task(
     };
     let mut read_total = 0u64;
     loop {
-        let mut buf = FrameBuf::with_capacity(read_size);
-        let got = batch::read_psh_batch(&mut rd, sid, &mut buf, read_size, max_frame)
+        let (mut buf, max_payload) = batch::batch_buffer(read_size, dest.crypto.is_some());
+        let got = batch::read_psh_batch(&mut rd, sid, &mut buf, max_payload, max_frame)
             .await
             .unwrap_or(batch::Batch {
                 open: false,

@@ -16,7 +16,7 @@ use airlock_proto::handshake::{
     ActionStatus, EncChallenge, HandshakeRequest, HandshakeResponse, ACTION_AIRLOCK_CAPABILITIES,
     ACTION_KMS_ENCRYPTION,
 };
-use airlock_proto::{PayloadType, Role};
+use airlock_proto::{FrameBuf, PayloadType, Role};
 use airlock_transport::api::{ApiClient, CallError};
 use base64::Engine;
 use bytes::Bytes;
@@ -74,6 +74,13 @@ impl ClientCrypto {
         }
         let mut s = self.sealer.lock().map_err(|_| "sealer lock poisoned")?;
         s.seal(&payload).map(Bytes::from).map_err(|e| e.to_string())
+    }
+
+    /// Seals an Output payload built in place (see
+    /// `airlock_transport::batch::batch_buffer`).
+    pub fn seal_output_in_place(&self, buf: &mut FrameBuf) -> Result<(), String> {
+        let mut s = self.sealer.lock().map_err(|_| "sealer lock poisoned")?;
+        s.seal_in_place(buf).map_err(|e| e.to_string())
     }
 
     /// Opens `payload` when its type is encrypted agent→client.

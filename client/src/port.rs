@@ -311,13 +311,16 @@ fn spawn_sender(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(o) = rx.recv().await {
-            // Sealing makes a new buffer anyway: the payload is taken out.
-            let o = match (o, &crypto) {
-                (Out::Framed(buf), Some(_)) => Out::Data(buf.into_payload()),
-                (o, _) => o,
-            };
             let r = match o {
-                Out::Framed(buf) => sender.send_buf(PayloadType::Output, buf).await,
+                Out::Framed(mut buf) => {
+                    if let Some(c) = &crypto {
+                        if let Err(e) = c.seal_output_in_place(&mut buf) {
+                            tracing::warn!("sealing failed: {e}");
+                            return;
+                        }
+                    }
+                    sender.send_buf(PayloadType::Output, buf).await
+                }
                 Out::Data(b) => {
                     let b = match &crypto {
                         Some(c) => match c.seal(PayloadType::Output, b) {
@@ -708,20 +711,28 @@ async fn pump_reader<R: AsyncRead + Unpin>(
     }
 }
 
+#[derive(Clone, Copy)]
+struct BatchSizes {
+    /// Largest payload on the wire.
+    chunk: usize,
+    max_frame: usize,
+    /// The sender seals payloads in place (`kms_port`).
+    sealed: bool,
+}
+
 /// Copies one multiplexed connection into `out` as payloads of smux frames
-/// read in place, up to `chunk` bytes each. Returns false when `out` is gone,
-/// true when `rd` ended (its FIN is the caller's).
+/// read in place, up to `sizes.chunk` bytes each. Returns false when `out`
+/// is gone, true when `rd` ended (its FIN is the caller's).
 async fn pump_mux_stream<R: AsyncRead + Unpin>(
     mut rd: R,
     sid: u32,
-    chunk: usize,
-    max_frame: usize,
+    sizes: BatchSizes,
     out: &mpsc::Sender<Out>,
     sent: &AtomicU64,
 ) -> bool {
     loop {
-        let mut buf = FrameBuf::with_capacity(chunk);
-        let got = batch::read_psh_batch(&mut rd, sid, &mut buf, chunk, max_frame)
+        let (mut buf, max_payload) = batch::batch_buffer(sizes.chunk, sizes.sealed);
+        let got = batch::read_psh_batch(&mut rd, sid, &mut buf, max_payload, sizes.max_frame)
             .await
             .unwrap_or(batch::Batch {
                 open: false,
@@ -800,9 +811,13 @@ async fn run_mux(
                 let out = out.clone();
                 let closed = closed_tx.clone();
                 let counters = counters.clone();
-                let (chunk, max_frame) = (neg.chunk, neg.max_smux_frame);
+                let sizes = BatchSizes {
+                    chunk: neg.chunk,
+                    max_frame: neg.max_smux_frame,
+                    sealed: neg.crypto.is_some(),
+                };
                 tokio::spawn(async move {
-                    if pump_mux_stream(rd, sid, chunk, max_frame, &out, &counters.sent).await {
+                    if pump_mux_stream(rd, sid, sizes, &out, &counters.sent).await {
                         if let Some(f) = frame(Cmd::Fin, sid, &[]) {
                             let _ = out.send(Out::Data(f)).await;
                         }

@@ -18,7 +18,7 @@ use std::fmt;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::SecureRandom;
 
-use crate::frame::{PayloadType, MAX_PAYLOAD_LEN};
+use crate::frame::{FrameBuf, PayloadType, MAX_PAYLOAD_LEN};
 use crate::reliable::Role;
 
 pub const NONCE_LEN: usize = 12;
@@ -240,6 +240,31 @@ impl Sealer<'_> {
         Ok(out)
     }
 
+    /// Seals a payload built in place, the same bytes [`Sealer::seal`] would
+    /// give: `buf`'s payload is [`NONCE_LEN`] bytes of room for the nonce,
+    /// then the plaintext; the tag is appended.
+    pub fn seal_in_place(&mut self, buf: &mut FrameBuf) -> Result<(), CryptoError> {
+        let len = buf.payload_len();
+        if len < NONCE_LEN {
+            return Err(CryptoError::TooShort { len });
+        }
+        let max = MAX_SEALED_LEN - OVERHEAD;
+        let plain = len - NONCE_LEN;
+        if plain > max {
+            return Err(CryptoError::PlaintextTooLong { len: plain, max });
+        }
+        let nonce = self.nonces.next()?;
+        let tag = {
+            let (room, body) = buf.payload_mut().split_at_mut(NONCE_LEN);
+            room.copy_from_slice(&nonce);
+            self.key
+                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), body)
+                .map_err(|_| CryptoError::PlaintextTooLong { len: plain, max })?
+        };
+        buf.buf_mut().extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
     /// Appends `nonce ‖ ciphertext ‖ tag` to `out` (lets a caller reuse a buffer).
     pub fn seal_into(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
         let max = MAX_SEALED_LEN - OVERHEAD;
@@ -400,6 +425,27 @@ mod tests {
         assert_eq!(
             agent.opener().open(&sealed),
             Err(CryptoError::Authentication)
+        );
+    }
+
+    #[test]
+    fn sealing_in_place_gives_the_same_bytes() {
+        let (agent, client) = pair();
+        let mut copying = agent.sealer(NonceSource::Counter([9; 12]));
+        let mut in_place = agent.sealer(NonceSource::Counter([9; 12]));
+        for msg in [&b""[..], b"x", &[7u8; 70_000]] {
+            let mut buf = FrameBuf::with_capacity(NONCE_LEN + msg.len() + TAG_LEN);
+            buf.buf_mut().extend_from_slice(&[0; NONCE_LEN]);
+            buf.buf_mut().extend_from_slice(msg);
+            in_place.seal_in_place(&mut buf).unwrap();
+            assert_eq!(buf.payload(), copying.seal(msg).unwrap());
+            assert_eq!(client.opener().open(buf.payload()).unwrap(), msg);
+        }
+        let mut short = FrameBuf::with_capacity(4);
+        short.buf_mut().extend_from_slice(&[0; 4]);
+        assert_eq!(
+            in_place.seal_in_place(&mut short),
+            Err(CryptoError::TooShort { len: 4 })
         );
     }
 

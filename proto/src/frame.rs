@@ -222,15 +222,6 @@ impl FrameBuf {
         self.buf.truncate(HEADER_LEN + len);
     }
 
-    /// The payload alone, without copying (for sealing it instead).
-    pub fn into_payload(self) -> Bytes {
-        let mut buf = self.buf;
-        if buf.len() < HEADER_LEN {
-            return Bytes::new();
-        }
-        buf.split_off(HEADER_LEN).freeze()
-    }
-
     /// The wire frame: `header`'s fields (its own payload is not used) in
     /// front of this payload.
     pub fn into_wire(self, header: &Frame, digest: bool) -> Result<Bytes, FrameError> {

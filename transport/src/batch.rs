@@ -1,10 +1,24 @@
 //! Port-session reads that become data-channel payloads without copies.
 
+use airlock_proto::crypto;
 use airlock_proto::smux::{self, Cmd};
 use airlock_proto::FrameBuf;
 use bytes::BufMut;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// An empty buffer for [`read_psh_batch`] whose payload will fit `chunk`
+/// bytes on the wire, and the `max_payload` to read to. With `sealed` the
+/// payload starts with room for the end-to-end nonce and leaves room for the
+/// tag (`Sealer::seal_in_place` seals it where it lies).
+pub fn batch_buffer(chunk: usize, sealed: bool) -> (FrameBuf, usize) {
+    let mut buf = FrameBuf::with_capacity(chunk);
+    if !sealed {
+        return (buf, chunk);
+    }
+    buf.buf_mut().put_bytes(0, crypto::NONCE_LEN);
+    (buf, chunk.saturating_sub(crypto::TAG_LEN))
+}
 
 /// What one [`read_psh_batch`] call took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -29,10 +29,10 @@ pub const MAX_MESSAGE_SIZE: usize = 2 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bytes tungstenite asks the stream for per read. It zeroes that much of
-/// its buffer before every read, and a TLS stream hands back about one
+/// its buffer before every read, and a TLS stream hands back at most one
 /// 16 KiB record per read, so its 128 KiB default would clear 8 bytes per
-/// byte received.
-pub const WS_READ_CHUNK: usize = 32 * 1024;
+/// byte received; one record's worth clears one.
+pub const WS_READ_CHUNK: usize = 16 * 1024;
 
 /// Userspace read buffer under TLS. rustls reads the socket 4 KiB at a time;
 /// without this, every 16 KiB record costs four `recv` calls.
