@@ -148,12 +148,14 @@ def test_console_sessions_page_terminates(gateway, agent):
     assert "Terminated" in r["historyRow"]
 
 
-class LimitedGateway(Gateway):
-    """A gateway allowing one session per target (`--config`)."""
+class ConfiguredGateway(Gateway):
+    """A gateway started with `--config` holding CONFIG."""
+
+    CONFIG = ""
 
     def start(self):
         config = self.data_dir.parent / "gateway.toml"
-        config.write_text("[sessions]\nmax_per_target = 1\n")
+        config.write_text(self.CONFIG)
         self.proc = subprocess.Popen(
             [binary("airlock-gateway"), "--config", str(config),
              "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"],
@@ -164,6 +166,33 @@ class LimitedGateway(Gateway):
         self.url = self.reader.wait_for(r"listening on (\S+)").group(1)
         self.ca_bundle = self.reader.wait_for(r"AWS_CA_BUNDLE=(\S+)").group(1)
         self.credentials_file = self.reader.wait_for(r"admin credentials: (\S+)").group(1)
+
+
+class LimitedGateway(ConfiguredGateway):
+    """One session per target."""
+
+    CONFIG = "[sessions]\nmax_per_target = 1\n"
+
+
+class IdleGateway(ConfiguredGateway):
+    """Sessions idle for 3 s are closed (the warning comes 1 s before)."""
+
+    CONFIG = "[sessions]\nidle_timeout_secs = 3\n"
+
+
+def test_console_shows_the_idle_warning_before_the_close(workdir):
+    gw = IdleGateway(workdir)
+    try:
+        ag = Agent(gw, workdir)
+        try:
+            r = drive(gw, "idleNotice", instanceId=ag.instance_id)
+            assert r["warnings"] == 1, r
+            assert 0 <= r["warningAt"] < r["closedAt"], r
+            assert "Session ended" in r["status"], r
+        finally:
+            ag.stop()
+    finally:
+        gw.stop()
 
 
 def test_console_shows_session_limit_in_the_api_words(workdir):

@@ -29,16 +29,18 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * One session's data channel. Callbacks:
  *  onData(payloadType, Uint8Array) — in-order stream payloads
  *  onClosed(outputText|null)       — channel_closed from the gateway
+ *  onNotice(text)                  — a gateway notice for the user (idle warning)
  *  onStatus(text)                  — connection state for the UI
  *  onFailed(message)               — gave up reconnecting
  */
 export class DataChannel {
-  constructor({ streamUrl, token, resume, onData, onClosed, onStatus, onFailed }) {
+  constructor({ streamUrl, token, resume, onData, onClosed, onNotice, onStatus, onFailed }) {
     this.streamUrl = streamUrl;
     this.token = token;
     this.resume = resume;
     this.onData = onData;
     this.onClosed = onClosed;
+    this.onNotice = onNotice || (() => {});
     this.onStatus = onStatus || (() => {});
     this.onFailed = onFailed || (() => {});
     this.clientId = crypto.randomUUID();
@@ -171,6 +173,18 @@ export class DataChannel {
         }
         this.finish();
         this.onClosed(output);
+        return;
+      }
+      case MessageType.SessionNotice: {
+        let message = '';
+        try {
+          message = String(JSON.parse(text(f.payload)).Message || '');
+        } catch {
+          /* malformed: nothing to show */
+        }
+        // Peer text reaches a terminal: no control characters.
+        message = message.replace(/[\u0000-\u001f\u007f]/g, ' ').trim();
+        if (message) this.onNotice(message);
         return;
       }
       default:

@@ -27,6 +27,8 @@ export const MessageType = {
   Output: 'output_stream_data',
   Ack: 'acknowledge',
   ChannelClosed: 'channel_closed',
+  // Airlock gateways' warnings for the user (an idle session about to close).
+  SessionNotice: 'airlock_session_notice',
   StartPublication: 'start_publication',
   PausePublication: 'pause_publication',
 };

@@ -76,6 +76,10 @@ export async function runShell({ api, session, target, container, ui }) {
           break;
       }
     },
+    onNotice: (message) => {
+      term.write(`\r\n${message}\r\n`);
+      ui.setStatus(message);
+    },
     onClosed: (output) => {
       ended = true;
       const msg = output

@@ -72,6 +72,22 @@ async function sttySize(page, marker) {
 }
 
 const scenarios = {
+  // A gateway with a 3 s idle timeout: its warning shows in the terminal
+  // before the session is closed.
+  async idleNotice(page) {
+    await signIn(page);
+    await startShell(page);
+    // Rows joined: long lines wrap in the terminal.
+    const joined = async () => (await terminalText(page)).replace(/\n/g, '');
+    await waitFor('the idle warning', async () => (await joined()).includes('will be closed in'));
+    await waitFor('the idle close', async () => (await joined()).includes('idle timeout reached'));
+    const t = await joined();
+    result.warningAt = t.indexOf('will be closed in');
+    result.closedAt = t.indexOf('idle timeout reached');
+    result.warnings = t.split('will be closed in').length - 1;
+    result.status = await page.textContent('#term-status');
+  },
+
   // Sign in, see the instance, start a shell, compute 42, resize, exit 3.
   async shell(page) {
     await signIn(page);
