@@ -13,5 +13,6 @@ pub mod api;
 pub mod batch;
 pub mod credentials;
 pub mod datachannel;
+pub mod readahead;
 pub mod tls;
 pub mod ws;

@@ -34,17 +34,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// byte received; one record's worth clears one.
 pub const WS_READ_CHUNK: usize = 16 * 1024;
 
-/// Userspace read buffer under TLS. rustls reads the socket 4 KiB at a time;
-/// without this, every 16 KiB record costs four `recv` calls.
-pub const SOCKET_READ_BUFFER: usize = 64 * 1024;
+/// A TCP stream for use under TLS: reads go through a read-ahead buffer
+/// while the stream is busy (see [`crate::readahead`]); writes pass through.
+pub type BufferedTcp = crate::readahead::ReadAhead<TcpStream>;
 
-/// A TCP stream whose reads go through [`SOCKET_READ_BUFFER`]; writes pass
-/// straight through.
-pub type BufferedTcp = tokio::io::BufReader<TcpStream>;
-
-/// Wraps `tcp` for use under TLS (see [`SOCKET_READ_BUFFER`]).
 pub fn buffered(tcp: TcpStream) -> BufferedTcp {
-    tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, tcp)
+    crate::readahead::ReadAhead::new(tcp)
 }
 
 /// The websocket settings both ends of an Airlock data path use: bounded
