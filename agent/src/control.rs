@@ -114,6 +114,7 @@ impl Control {
             ip_address: Some(sysinfo::ip_address()),
             platform_name: Some(platform_name),
             platform_version: Some(platform_version),
+            running_sessions: Some(self.running_sessions()),
         };
         sink.send(Message::text(serde_json::to_string(&open)?))
             .await
@@ -154,6 +155,14 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// Ids of the sessions this process runs now.
+    fn running_sessions(&self) -> Vec<String> {
+        self.sessions
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn handle_frame(&self, buf: Bytes) {

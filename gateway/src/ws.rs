@@ -251,6 +251,11 @@ async fn control_channel(state: Arc<AppState>, mut ws: Ws, instance_id: String) 
             }
             _ => return close(&mut ws, CloseCode::Policy, "instance is not registered").await,
         }
+        // Before the new connection can carry tasks: a session started after
+        // this point is sent on it, so it cannot be mistaken for a lost one.
+        if let Some(running) = &open.running_sessions {
+            fail_sessions_the_agent_lost(&state, &instance_id, running).await;
+        }
         let (tx, mut rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
         let conn_id = state.hub.next_conn_id();
         state.hub.agent_online(&instance_id, AgentHandle { conn_id, tx });
@@ -287,6 +292,28 @@ async fn control_channel(state: Arc<AppState>, mut ws: Ws, instance_id: String) 
     }
     .instrument(span)
     .await
+}
+
+/// Ends as Failed every live session on `instance_id` that its agent, just
+/// reconnected, says it does not run: it restarted (or never got the task),
+/// so no data channel will come back for them.
+async fn fail_sessions_the_agent_lost(state: &AppState, instance_id: &str, running: &[String]) {
+    let lost: Vec<String> = state
+        .hub
+        .relays()
+        .into_iter()
+        .filter(|r| r.target == instance_id && !running.contains(&r.session_id))
+        .map(|r| r.session_id.clone())
+        .collect();
+    for session_id in lost {
+        end_session(
+            state,
+            &session_id,
+            "Failed",
+            "The agent restarted and no longer runs this session.",
+        )
+        .await;
+    }
 }
 
 async fn handle_control_frame(state: &AppState, ws: &mut Ws, instance_id: &str, b: Bytes) {

@@ -65,6 +65,15 @@ pub struct OpenControlChannel {
     pub platform_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_version: Option<String>,
+    /// Airlock agents list the sessions they are running, so a gateway can
+    /// fail at once the sessions an agent lost by restarting (instead of
+    /// waiting out the resume window). Absent from stock agents.
+    #[serde(
+        rename = "AirlockRunningSessions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub running_sessions: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for OpenControlChannel {

@@ -348,3 +348,35 @@ def test_port_forward_connection_survives_gateway_kill(gateway, agent, workdir):
     finally:
         tunnel.close()
         echo.close()
+
+
+def test_agent_restart_fails_the_sessions_it_lost_at_once(gateway, agent):
+    """A restarted agent says which sessions it runs (none); the gateway
+    fails the one it lost at once instead of waiting out the 2-minute
+    resume window, and the client exits 251 with the reason."""
+    from test_recordings import Interactive, last_session
+
+    sess = Interactive(gateway, agent.instance_id)
+    try:
+        sess.send("echo alive-$((2*3))")
+        sess.wait_output("alive-6")
+        agent.stop(signal.SIGKILL)
+        started = time.monotonic()
+        agent.start()
+        code = sess.proc.wait(timeout=30)
+        assert time.monotonic() - started < 30
+        err = sess.proc.stderr.read().decode(errors="replace")
+        assert code == 251, (code, err)
+        assert "no longer runs this session" in err, err
+        s = last_session(gateway, agent.instance_id)
+        assert s["Status"] == "Failed", s
+    finally:
+        if sess.proc.poll() is None:
+            sess.proc.kill()
+    # The restarted agent takes new sessions.
+    out = subprocess.run(
+        [binary("airlock"), "start-session", "--target", agent.instance_id,
+         "--endpoint-url", gateway.url, "--region", REGION],
+        input=b"echo again-$((3*3)); exit 0\n", capture_output=True, env=gateway.env(), timeout=60,
+    )
+    assert out.returncode == 0 and b"again-9" in out.stdout, (out.stdout, out.stderr)
