@@ -16,6 +16,19 @@ pub struct SessionInfo {
     #[serde(default)]
     pub token_value: String,
     pub stream_url: String,
+    /// How long the gateway keeps a dropped session for us (Airlock
+    /// gateways say so; absent through the AWS CLI).
+    #[serde(rename = "AirlockResumeWindowSeconds", default)]
+    pub resume_window_secs: Option<u64>,
+}
+
+impl SessionInfo {
+    /// How long to keep trying to get back into the session after a drop.
+    pub fn resume_window(&self) -> std::time::Duration {
+        self.resume_window_secs
+            .map(|s| std::time::Duration::from_secs(s.clamp(1, 24 * 3600)))
+            .unwrap_or(crate::session::RESUME_GIVE_UP)
+    }
 }
 
 impl std::fmt::Debug for SessionInfo {
@@ -24,6 +37,7 @@ impl std::fmt::Debug for SessionInfo {
             .field("session_id", &self.session_id)
             .field("token_value", &"<redacted>")
             .field("stream_url", &self.stream_url)
+            .field("resume_window_secs", &self.resume_window_secs)
             .finish()
     }
 }
@@ -144,6 +158,22 @@ mod tests {
     use super::*;
 
     const RESP: &str = r#"{"SessionId":"admin-0123456789abcdef0","TokenValue":"tok","StreamUrl":"wss://h/v1/data-channel/admin-0123456789abcdef0?role=publish_subscribe","ResponseMetadata":{"RequestId":"x"}}"#;
+
+    #[test]
+    fn resume_window_comes_from_the_gateway_or_defaults() {
+        let stock: SessionInfo = serde_json::from_str(RESP).unwrap();
+        assert_eq!(stock.resume_window(), crate::session::RESUME_GIVE_UP);
+        let ours: SessionInfo = serde_json::from_str(
+            r#"{"SessionId":"s","TokenValue":"t","StreamUrl":"wss://h/x","AirlockResumeWindowSeconds":600}"#,
+        )
+        .unwrap();
+        assert_eq!(ours.resume_window(), std::time::Duration::from_secs(600));
+        let zero: SessionInfo = serde_json::from_str(
+            r#"{"SessionId":"s","StreamUrl":"wss://h/x","AirlockResumeWindowSeconds":0}"#,
+        )
+        .unwrap();
+        assert_eq!(zero.resume_window(), std::time::Duration::from_secs(1));
+    }
 
     fn args(a: &[&str]) -> Vec<String> {
         std::iter::once("session-manager-plugin")

@@ -509,7 +509,7 @@ pub async fn run(
     );
     if let Some(api) = kms.api.clone() {
         dc.set_redial(
-            crate::session::RESUME_GIVE_UP,
+            info.resume_window(),
             crate::session::resume_dialer(info.clone(), tls, api),
         );
     }

@@ -98,9 +98,10 @@ pub enum Reconnect {
     Failed(String),
 }
 
-/// How long a client keeps trying to get back into a session after a drop.
-/// Matches the gateway's default resume window; ResumeSession answering
-/// without a token ends the attempt sooner.
+/// How long a client keeps trying to get back into a session after a drop
+/// when the gateway did not say (the AWS CLI drops the member): the
+/// gateway's default resume window. ResumeSession answering without a token
+/// ends the attempt sooner.
 pub const RESUME_GIVE_UP: Duration = Duration::from_secs(120);
 
 /// Puts a client data channel back on the wire after a network drop (spec
@@ -175,7 +176,7 @@ impl Resumer<'_> {
             return Reconnect::Failed(format!("the gateway refused the session token: {why:?}"));
         }
         let r = dc
-            .redial(RESUME_GIVE_UP, || {
+            .redial(self.info.resume_window(), || {
                 resume_once(self.info, self.tls, self.api)
             })
             .await;

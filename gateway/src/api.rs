@@ -568,9 +568,7 @@ async fn start_session(
         return Err(not_connected());
     }
     relay.span.in_scope(|| tracing::info!("session started"));
-    ok(
-        json!({"SessionId": session_id, "TokenValue": token, "StreamUrl": stream_url(req, &session_id)}),
-    )
+    ok(session_answer(state, req, &session_id, &token))
 }
 
 /// The refusal of a session over a concurrent-session limit. Its own code
@@ -620,7 +618,24 @@ async fn resume_session(state: &AppState, req: &ReadRequest, principal: &Princip
         .store
         .set_session_tokens(&id, Some(&hash), None)
         .await?;
-    ok(json!({"SessionId": id, "TokenValue": token, "StreamUrl": stream_url(req, &id)}))
+    ok(session_answer(state, req, &id, &token))
+}
+
+/// What StartSession and ResumeSession return. Beyond the SSM members,
+/// Airlock clients learn how long a dropped session waits for them (SDKs
+/// drop members their model does not have).
+fn session_answer(
+    state: &AppState,
+    req: &ReadRequest,
+    session_id: &str,
+    token: &str,
+) -> serde_json::Value {
+    json!({
+        "SessionId": session_id,
+        "TokenValue": token,
+        "StreamUrl": stream_url(req, session_id),
+        "AirlockResumeWindowSeconds": state.config.sessions.resume_window_secs,
+    })
 }
 
 async fn terminate_session(

@@ -127,6 +127,27 @@ class CuttingProxy:
         self.listener.close()
         self.cut_all()
 
+    def go_dark(self):
+        """Stops for good: no new connections, and every carried one ended
+        with a shutdown first, which also wakes the threads parked in recv
+        (a bare close waits for them, so an idle connection would never
+        see its RST)."""
+        self.closed = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        with self.lock:
+            conns = list(self.conns)
+        for pair in conns:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self.cut_all()
+
 
 @pytest.fixture
 def random_file(workdir):
@@ -380,3 +401,46 @@ def test_agent_restart_fails_the_sessions_it_lost_at_once(gateway, agent):
         input=b"echo again-$((3*3)); exit 0\n", capture_output=True, env=gateway.env(), timeout=60,
     )
     assert out.returncode == 0 and b"again-9" in out.stdout, (out.stdout, out.stderr)
+
+
+def test_client_gives_up_after_the_gateway_resume_window(workdir):
+    """StartSession tells an Airlock client the gateway's resume window
+    (5 s here): cut off from the gateway entirely, the client stops trying
+    after that, not after the 120 s it assumes when nobody says."""
+    from conftest import Agent
+    from test_session_limits import ConfigGateway
+
+    gw = ConfigGateway(Path(workdir) / "rw", "[sessions]\nresume_window_secs = 5\n")
+    try:
+        ag = Agent(gw, workdir, name="rw-agent")
+        proxy = CuttingProxy(int(gw.url.rsplit(":", 1)[1]))
+        try:
+            proc = subprocess.Popen(
+                [binary("airlock"), "start-session", "--target", ag.instance_id,
+                 "--endpoint-url", f"https://127.0.0.1:{proxy.port}", "--region", REGION],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=gw.env(),
+            )
+            reader = LineReader(proc)
+            proc.stdin.write(b"echo up-$((1+1))\n")
+            proc.stdin.flush()
+            reader.wait_for(r"up-2\s*$")
+            proxy.go_dark()
+            cut = time.monotonic()
+            try:
+                code = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                pytest.fail(proc.stderr.read().decode(errors="replace")[-3000:])
+            waited = time.monotonic() - cut
+            err = proc.stderr.read().decode(errors="replace")
+            assert code == 255, (code, err)
+            assert "could not reconnect within 5s" in err, err
+            assert waited < 60, waited
+        finally:
+            proxy.close()
+            if proc.poll() is None:
+                proc.kill()
+            ag.stop()
+    finally:
+        gw.stop()
