@@ -62,6 +62,8 @@ class CuttingProxy:
         self.threshold = None
         self.accepted = 0
         self.closed = False
+        # Client sockets whose connections silently drop everything.
+        self.dark = set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def arm(self, threshold):
@@ -86,11 +88,16 @@ class CuttingProxy:
             threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
     def _pump(self, src, dst, downstream):
+        client = dst if downstream else src
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                with self.lock:
+                    dark = id(client) in self.dark
+                if dark:
+                    continue
                 dst.sendall(data)
                 if downstream:
                     with self.lock:
@@ -126,6 +133,13 @@ class CuttingProxy:
         self.closed = True
         self.listener.close()
         self.cut_all()
+
+    def blackhole_existing(self):
+        """Every connection carried so far goes on dropping all bytes, with
+        no FIN and no RST, like a network path that died; new connections
+        work."""
+        with self.lock:
+            self.dark.update(id(c) for c, _ in self.conns)
 
     def go_dark(self):
         """Stops for good: no new connections, and every carried one ended
@@ -444,3 +458,44 @@ def test_client_gives_up_after_the_gateway_resume_window(workdir):
             ag.stop()
     finally:
         gw.stop()
+
+
+def test_silently_dropped_connection_is_noticed_and_resumed(workdir):
+    """A path that drops packets without a reset: the client's keepalive
+    (1 s here) notices the silence, resumes through a new connection, and
+    the shell goes on."""
+    from conftest import Agent
+    from test_session_limits import ConfigGateway
+
+    gw = ConfigGateway(Path(workdir) / "ka", "")
+    try:
+        ag = Agent(gw, workdir, name="ka-agent")
+        proxy = CuttingProxy(int(gw.url.rsplit(":", 1)[1]))
+        proc = subprocess.Popen(
+            [binary("airlock"), "start-session", "--target", ag.instance_id,
+             "--endpoint-url", f"https://127.0.0.1:{proxy.port}", "--region", REGION],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**gw.env(), "AIRLOCK_KEEPALIVE_SECS": "1"},
+        )
+        try:
+            reader = LineReader(proc)
+            proc.stdin.write(b"echo before-$((1+1))\n")
+            proc.stdin.flush()
+            reader.wait_for(r"before-2\s*$")
+            accepted = proxy.accepted
+            proxy.blackhole_existing()
+            wait_until(lambda: proxy.accepted > accepted, timeout=30,
+                       what="the client reconnecting")
+            proc.stdin.write(b"echo after-$((2+3)); exit 0\n")
+            proc.stdin.flush()
+            reader.wait_for(r"after-5\s*$", timeout=60)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proxy.close()
+            ag.stop()
+    finally:
+        gw.stop()
+    history = reasons(session_history(gw))
+    assert any(r.startswith("Connected | Connected: client resumed") for r in history), history

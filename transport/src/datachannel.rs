@@ -63,6 +63,22 @@ const EVENT_QUEUE: usize = 256;
 /// Time allowed to write the open message on a new socket, and to close.
 const SOCKET_OP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A socket silent this long is pinged; one silent for three times as long
+/// is treated as lost. A network that drops packets without a reset (NAT
+/// state gone, a cable pulled) otherwise goes unnoticed until we send, and
+/// an idle shell sends nothing. `AIRLOCK_KEEPALIVE_SECS` overrides it.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+const MISSED_KEEPALIVES: u32 = 3;
+
+fn keepalive_interval() -> Duration {
+    std::env::var("AIRLOCK_KEEPALIVE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_KEEPALIVE)
+}
+
 type Reply = oneshot::Sender<Result<(), ChannelError>>;
 
 enum Command {
@@ -208,6 +224,18 @@ impl Drop for DataChannel {
 impl DataChannel {
     /// Sends `open_message` as the first text frame, then drives `channel`.
     pub fn spawn(ws: WsStream, open_message: String, role: Role, config: Config) -> Self {
+        Self::spawn_with_keepalive(ws, open_message, role, config, keepalive_interval())
+    }
+
+    /// [`DataChannel::spawn`] with its own keepalive interval (see
+    /// `AIRLOCK_KEEPALIVE_SECS`).
+    pub fn spawn_with_keepalive(
+        ws: WsStream,
+        open_message: String,
+        role: Role,
+        config: Config,
+        keepalive: Duration,
+    ) -> Self {
         let now = tokio::time::Instant::now().into_std();
         let epoch_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -226,6 +254,9 @@ impl DataChannel {
             pending_disconnect: None,
             events_blocked: false,
             events: ev_tx,
+            keepalive,
+            last_heard: tokio::time::Instant::now(),
+            pinged: false,
         };
         let task = tokio::spawn(driver.run(ws, open_message, cmd_rx));
         DataChannel {
@@ -478,6 +509,11 @@ struct Driver {
     /// The event queue was full when last tried; wait for room.
     events_blocked: bool,
     events: mpsc::Sender<ChannelEvent>,
+    keepalive: Duration,
+    /// When the current socket last delivered anything.
+    last_heard: tokio::time::Instant,
+    /// A ping went out since then.
+    pinged: bool,
 }
 
 impl Driver {
@@ -495,7 +531,14 @@ impl Driver {
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
             let events_blocked = self.events_blocked;
             let events = self.events.clone();
+            let check_at = self.last_heard
+                + if self.pinged {
+                    self.keepalive * MISSED_KEEPALIVES
+                } else {
+                    self.keepalive
+                };
             tokio::select! {
+                _ = tokio::time::sleep_until(check_at), if self.ws.is_some() => self.keep_alive(),
                 io = poll_fn(|cx| poll_io(cx, &mut self.ws, &mut self.channel, &mut self.dirty, &mut self.write_blocked)) => {
                     match io {
                         IoEvent::Message(m) => self.on_message(m),
@@ -531,12 +574,38 @@ impl Driver {
             Ok(Ok(())) => {
                 self.ws = Some(ws);
                 self.dirty = false;
+                self.last_heard = tokio::time::Instant::now();
+                self.pinged = false;
                 self.channel.handle_reconnect(now());
             }
             Ok(Err(e)) => self.disconnect(Disconnect::Lost(e.to_string())),
             Err(_) => self.disconnect(Disconnect::Lost(
                 "timed out sending the open message".to_string(),
             )),
+        }
+    }
+
+    /// Pings a quiet socket; gives up on one that stayed silent.
+    fn keep_alive(&mut self) {
+        let silent = self.last_heard.elapsed();
+        if silent >= self.keepalive * MISSED_KEEPALIVES {
+            self.disconnect(Disconnect::Lost(format!(
+                "nothing heard from the gateway for {}s",
+                silent.as_secs()
+            )));
+            return;
+        }
+        if self.pinged {
+            return;
+        }
+        let Some(ws) = self.ws.as_mut() else { return };
+        // The socket's own buffer takes it; the next write pass flushes it.
+        if Pin::new(&mut *ws)
+            .start_send(Message::Ping(Bytes::new()))
+            .is_ok()
+        {
+            self.pinged = true;
+            self.dirty = true;
         }
     }
 
@@ -549,6 +618,8 @@ impl Driver {
     }
 
     fn on_message(&mut self, msg: Message) {
+        self.last_heard = tokio::time::Instant::now();
+        self.pinged = false;
         match msg {
             Message::Binary(buf) => {
                 if let Err(e) = self.channel.handle_bytes(buf, now()) {
@@ -769,6 +840,10 @@ mod tests {
 
     /// A driver connected to a raw server-side websocket the test controls.
     async fn pair() -> (DataChannel, WebSocketStream<TcpStream>) {
+        pair_with_keepalive(DEFAULT_KEEPALIVE).await
+    }
+
+    async fn pair_with_keepalive(keepalive: Duration) -> (DataChannel, WebSocketStream<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!(
             "ws://{}/v1/data-channel/s?role=publish_subscribe",
@@ -781,7 +856,13 @@ mod tests {
         let ws = crate::ws::connect(&url, crate::tls::client_config(None).unwrap())
             .await
             .unwrap();
-        let ch = DataChannel::spawn(ws, "OPEN".into(), Role::Agent, Config::default());
+        let ch = DataChannel::spawn_with_keepalive(
+            ws,
+            "OPEN".into(),
+            Role::Agent,
+            Config::default(),
+            keepalive,
+        );
         let mut peer = accept.await.unwrap();
         let first = peer.next().await.unwrap().unwrap();
         assert_eq!(first, Message::text("OPEN"));
@@ -837,6 +918,33 @@ mod tests {
         let m = peer.next().await.unwrap().unwrap();
         let frame = Frame::decode(m.into_data(), 1024).unwrap();
         assert_eq!(frame.message_type, MessageType::AgentSessionState);
+    }
+
+    #[tokio::test]
+    async fn a_silent_socket_is_declared_lost_an_answering_one_is_not() {
+        let keepalive = Duration::from_millis(100);
+        // The peer reads (tungstenite answers pings as it reads): alive.
+        let (mut ch, mut peer) = pair_with_keepalive(keepalive).await;
+        let reader = tokio::spawn(async move { while let Some(Ok(_)) = peer.next().await {} });
+        assert!(
+            tokio::time::timeout(keepalive * 10, ch.recv())
+                .await
+                .is_err(),
+            "an answering peer must not be dropped"
+        );
+        reader.abort();
+        ch.close().await;
+
+        // The peer never reads, so never answers: lost after 3 intervals.
+        let (mut ch, _peer) = pair_with_keepalive(keepalive).await;
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout(Duration::from_secs(5), ch.recv()).await {
+            Ok(Some(ChannelEvent::Disconnected(Disconnect::Lost(why)))) => {
+                assert!(why.contains("nothing heard"), "{why}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(started.elapsed() >= keepalive * MISSED_KEEPALIVES);
     }
 
     #[tokio::test]
