@@ -135,7 +135,7 @@ pub async fn ssm(state: &Arc<AppState>, req: &ReadRequest) -> ApiResult {
         .await?;
     }
     match op {
-        "CreateActivation" => create_activation(state, req).await,
+        "CreateActivation" => create_activation(state, req, &principal).await,
         "DescribeActivations" => describe_activations(state, req).await,
         "DeleteActivation" => delete_activation(state, req).await,
         "DescribeInstanceInformation" => describe_instance_information(state, req).await,
@@ -168,7 +168,11 @@ struct CreateActivationReq {
     tags: Option<Value>,
 }
 
-async fn create_activation(state: &AppState, req: &ReadRequest) -> ApiResult {
+async fn create_activation(
+    state: &AppState,
+    req: &ReadRequest,
+    principal: &Principal,
+) -> ApiResult {
     let r: CreateActivationReq = parse_body(&req.body)?;
     let iam_role = r
         .iam_role
@@ -182,6 +186,23 @@ async fn create_activation(state: &AppState, req: &ReadRequest) -> ApiResult {
             state.config.aws.account_id
         )));
     }
+    // Agents registered with the activation act as the role: handing it out
+    // is passing the role, as on AWS, or anyone allowed to create an
+    // activation could give themselves the role's permissions.
+    let mut passed_to = airlock_iam::Context::new();
+    passed_to.insert("iam:PassedToService", "ssm.amazonaws.com");
+    authorize(
+        state,
+        req,
+        principal,
+        "iam:PassRole",
+        &[format!(
+            "arn:aws:iam::{}:role/{role_name}",
+            state.config.aws.account_id
+        )],
+        passed_to,
+    )
+    .await?;
     let limit = r.registration_limit.unwrap_or(1);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::validation(

@@ -191,6 +191,52 @@ async fn declarative_file_groups_and_boundaries() {
 }
 
 #[tokio::test]
+async fn create_activation_needs_pass_role_on_the_role() {
+    let dir = TempDir::new();
+    let gw = start(&dir.0, None).await;
+    iam(&gw, "CreateUser", json!({"UserName": "ops"})).await;
+    let allow_activations = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "ssm:CreateActivation", "Resource": "*"}]});
+    iam(
+        &gw,
+        "PutUserPolicy",
+        json!({"UserName": "ops", "PolicyName": "act",
+               "PolicyDocument": allow_activations.to_string()}),
+    )
+    .await;
+    let ops = key_for(&gw, "ops").await;
+    let activate = || {
+        call(
+            &gw,
+            "ssm",
+            "AmazonSSM.CreateActivation",
+            json!({"IamRole": "AirlockManagedInstance"}),
+            &ops,
+        )
+    };
+    let (s, v) = activate().await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        v["message"],
+        "User: arn:aws:iam::123456789012:user/ops is not authorized to perform: iam:PassRole on resource: arn:aws:iam::123456789012:role/AirlockManagedInstance because no identity-based policy allows the iam:PassRole action"
+    );
+    let pass = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "iam:PassRole",
+         "Resource": "arn:aws:iam::123456789012:role/AirlockManagedInstance",
+         "Condition": {"StringEquals": {"iam:PassedToService": "ssm.amazonaws.com"}}}]});
+    iam(
+        &gw,
+        "PutUserPolicy",
+        json!({"UserName": "ops", "PolicyName": "pass", "PolicyDocument": pass.to_string()}),
+    )
+    .await;
+    let (s, v) = activate().await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["ActivationId"].is_string());
+    gw.shutdown.cancel();
+}
+
+#[tokio::test]
 async fn bad_declarative_file_stops_start() {
     let dir = TempDir::new();
     let mut cfg = Config::default();
