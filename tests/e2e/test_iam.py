@@ -245,3 +245,21 @@ def test_agent_acts_as_its_role_with_short_lived_credentials(gateway, agent, wor
         f"arn:aws:sts::{ACCOUNT}:assumed-role/AirlockManagedInstance/{agent.instance_id}")
     assert ctrl[-1]["decision"] == "allowed"
     assert ctrl[-1]["statement"].startswith("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore#")
+
+
+def test_activation_needs_pass_role_on_its_role(gateway, workdir):
+    """An activation hands its role to every agent it registers, so creating
+    one is passing the role: ssm:CreateActivation alone is not enough."""
+    key, secret = make_user(gateway, workdir, "ops", [
+        {"Effect": "Allow", "Action": "ssm:CreateActivation", "Resource": "*"},
+    ])
+    ssm = gateway.client(key=key, secret=secret)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ssm.create_activation(IamRole="AirlockManagedInstance")
+    assert "iam:PassRole on resource: arn:aws:iam::" in denied(e)
+    admin(gateway, "put-user-policy", "--user-name", "ops", "--policy-name", "pass",
+          "--policy-document", policy_file(workdir, "pass", [
+              {"Effect": "Allow", "Action": "iam:PassRole",
+               "Resource": "arn:aws:iam::*:role/AirlockManagedInstance",
+               "Condition": {"StringEquals": {"iam:PassedToService": "ssm.amazonaws.com"}}}]))
+    assert ssm.create_activation(IamRole="AirlockManagedInstance")["ActivationId"]
