@@ -178,9 +178,25 @@ async fn create_activation(
         .iam_role
         .ok_or_else(|| ApiError::validation("IamRole is required."))?;
     check_len("IamRole", &iam_role, 1, 64)?;
-    // Registered agents act as this role, so it must exist (as on AWS).
+    // Registered agents act as this role, so it must exist and trust SSM to
+    // assume it (as on AWS).
     let role_name = iam_role.rsplit('/').next().unwrap_or(&iam_role).to_string();
-    if state.iam.get_role(&role_name).await?.is_none() {
+    let account = &state.config.aws.account_id;
+    let assumed_by = airlock_iam::Context::new()
+        .with("aws:SourceAccount", account.as_str())
+        .with(
+            "aws:SourceArn",
+            format!("arn:aws:ssm:{}:{account}:*", state.config.aws.region),
+        );
+    let trusted = state.iam.get_role(&role_name).await?.is_some_and(|role| {
+        airlock_iam::trust_allows_service(
+            &role.assume_role_policy,
+            "ssm.amazonaws.com",
+            "sts:AssumeRole",
+            &assumed_by,
+        )
+    });
+    if !trusted {
         return Err(ApiError::validation(format!(
             "Nonexistent role or missing ssm service principal in trust policy: arn:aws:iam::{}:role/{role_name}",
             state.config.aws.account_id

@@ -237,6 +237,38 @@ async fn create_activation_needs_pass_role_on_the_role() {
 }
 
 #[tokio::test]
+async fn create_activation_needs_a_role_that_trusts_ssm() {
+    let dir = TempDir::new();
+    let gw = start(&dir.0, None).await;
+    let ec2_only = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]});
+    iam(
+        &gw,
+        "CreateRole",
+        json!({"RoleName": "Ec2Only", "AssumeRolePolicyDocument": ec2_only.to_string()}),
+    )
+    .await;
+    let (s, v, _) = register(&gw, "Ec2Only").await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        v["message"],
+        "Nonexistent role or missing ssm service principal in trust policy: arn:aws:iam::123456789012:role/Ec2Only"
+    );
+    let ssm_same_account = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Principal": {"Service": "ssm.amazonaws.com"}, "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"aws:SourceAccount": "123456789012"}}}]});
+    iam(
+        &gw,
+        "CreateRole",
+        json!({"RoleName": "SsmHere", "AssumeRolePolicyDocument": ssm_same_account.to_string()}),
+    )
+    .await;
+    let (s, v, _) = register(&gw, "SsmHere").await;
+    assert_eq!(s, 200, "{v}");
+    gw.shutdown.cancel();
+}
+
+#[tokio::test]
 async fn bad_declarative_file_stops_start() {
     let dir = TempDir::new();
     let mut cfg = Config::default();

@@ -24,6 +24,7 @@ mod error;
 mod evaluation;
 mod matching;
 mod policy;
+mod trust;
 mod variables;
 
 pub use conditions::{OpKind, Operator, Qualifier};
@@ -36,3 +37,4 @@ pub use matching::{action_matches, resource_matches};
 pub use policy::{
     ActionSpec, Condition, Effect, Policy, ResourceSpec, Statement, Version, MAX_POLICY_BYTES,
 };
+pub use trust::trust_allows_service;
