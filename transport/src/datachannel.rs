@@ -587,6 +587,14 @@ impl Driver {
 
     /// Pings a quiet socket; gives up on one that stayed silent.
     fn keep_alive(&mut self) {
+        if self.write_blocked {
+            // The peer is not reading: backpressure (the gateway holds the
+            // socket while the other side is away), not a dead path. A ping
+            // would only queue behind the data; look again later.
+            self.last_heard = tokio::time::Instant::now();
+            self.pinged = false;
+            return;
+        }
         let silent = self.last_heard.elapsed();
         if silent >= self.keepalive * MISSED_KEEPALIVES {
             self.disconnect(Disconnect::Lost(format!(
