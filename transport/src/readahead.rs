@@ -15,16 +15,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Read-ahead size while busy.
 pub const READ_AHEAD: usize = 64 * 1024;
-/// A refill returning less than this means the stream went quiet.
+/// A refill returning less than this is a quiet one.
 const QUIET: usize = 4 * 1024;
+/// This many quiet refills in a row mean the stream went quiet. One is not
+/// enough: a busy stream's refill often catches a record's tail, and
+/// dropping the buffer then would reallocate (and clear) it per record.
+const QUIET_REFILLS: u8 = 16;
 
 pub struct ReadAhead<S> {
     inner: S,
     buf: Option<Box<[u8]>>,
     pos: usize,
     filled: usize,
-    /// The last refill was small: drop the buffer once it is drained.
-    quiet: bool,
+    /// Quiet refills in a row; at [`QUIET_REFILLS`] the buffer is dropped
+    /// once drained.
+    quiet: u8,
 }
 
 impl<S> ReadAhead<S> {
@@ -34,7 +39,7 @@ impl<S> ReadAhead<S> {
             buf: None,
             pos: 0,
             filled: 0,
-            quiet: false,
+            quiet: 0,
         }
     }
 
@@ -50,7 +55,7 @@ impl<S> ReadAhead<S> {
         let n = out.remaining().min(self.filled - self.pos);
         out.put_slice(&buf[self.pos..self.pos + n]);
         self.pos += n;
-        if self.pos == self.filled && self.quiet {
+        if self.pos == self.filled && self.quiet >= QUIET_REFILLS {
             self.buf = None;
         }
     }
@@ -75,7 +80,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
                 let n = ahead.filled().len();
                 this.pos = 0;
                 this.filled = n;
-                this.quiet = n < QUIET;
+                this.quiet = if n < QUIET {
+                    this.quiet.saturating_add(1)
+                } else {
+                    0
+                };
                 this.take_buffered(out);
                 Poll::Ready(Ok(()))
             }
@@ -87,7 +96,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
                 if this.buf.is_none() && got > 0 && got == wanted && wanted < READ_AHEAD {
                     // The socket had at least what was asked: bulk traffic.
                     this.buf = Some(vec![0u8; READ_AHEAD].into_boxed_slice());
-                    this.quiet = false;
+                    this.quiet = 0;
                 }
                 Poll::Ready(Ok(()))
             }
@@ -160,8 +169,11 @@ mod tests {
         w.write_all(&data).await.unwrap();
         assert_eq!(read_in_4k(&mut r, data.len()).await, data);
         assert!(r.is_buffering());
-        w.write_all(b"ping").await.unwrap();
-        assert_eq!(read_in_4k(&mut r, 4).await, b"ping");
+        for _ in 0..QUIET_REFILLS {
+            assert!(r.is_buffering(), "one quiet read is not a quiet stream");
+            w.write_all(b"ping").await.unwrap();
+            assert_eq!(read_in_4k(&mut r, 4).await, b"ping");
+        }
         assert!(!r.is_buffering(), "a quiet stream gives its buffer back");
         w.write_all(b"pong").await.unwrap();
         drop(w);
