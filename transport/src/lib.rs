@@ -6,7 +6,12 @@
 //! - [`ws`]: websocket connect over TCP or TLS.
 //! - [`credentials`]: AWS credentials from the environment and `~/.aws`.
 //! - [`datachannel`]: the task that pumps a `proto::ReliableChannel` over a
-//!   websocket and survives reconnects.
+//!   websocket, keeps it alive and survives reconnects.
+//! - [`batch`]: port-session reads that become payloads without copies.
+//!
+//! The gateway uses the socket-level pieces too, so both ends of a websocket
+//! read and allocate alike: [`ws`]'s settings, [`readahead`] under TLS and
+//! [`alloc`]'s allocator thresholds.
 
 pub mod alloc;
 pub mod api;
