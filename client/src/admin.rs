@@ -518,9 +518,15 @@ pub async fn run(args: &[String]) -> Result<i32, ClientError> {
         print!("{}", usage());
         return Ok(0);
     }
-    let (action, body, conn) = parse(args)?;
+    let (action, mut body, conn) = parse(args)?;
     let api = api_client(&conn, tls_config()?)?;
-    let resp = api.call_json("iam", "AirlockIAM", action, &body).await?;
+    let mut resp = api.call_json("iam", "AirlockIAM", action, &body).await?;
+    // List answers come in pages; print them whole, as `aws iam` does.
+    while let Some(marker) = next_marker(&resp) {
+        body["Marker"] = marker;
+        let page = api.call_json("iam", "AirlockIAM", action, &body).await?;
+        resp = merge_page(resp, page);
+    }
     if resp.as_object().is_some_and(|o| !o.is_empty()) {
         println!(
             "{}",
@@ -530,9 +536,51 @@ pub async fn run(args: &[String]) -> Result<i32, ClientError> {
     Ok(0)
 }
 
+/// The `Marker` to ask for the next page with, if the answer was cut short.
+fn next_marker(resp: &Value) -> Option<Value> {
+    if resp.get("IsTruncated") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    resp.get("Marker").filter(|m| m.is_string()).cloned()
+}
+
+/// `page`'s list appended to `so_far`'s (the one array member a List
+/// answer has), with `page`'s `IsTruncated` and `Marker`.
+fn merge_page(mut so_far: Value, page: Value) -> Value {
+    let Value::Object(page) = page else {
+        return so_far;
+    };
+    for (k, v) in page {
+        match (so_far.get_mut(&k), v) {
+            (Some(Value::Array(items)), Value::Array(more)) => items.extend(more),
+            (_, v) if k == "IsTruncated" || k == "Marker" => so_far[&k] = v,
+            _ => {}
+        }
+    }
+    if so_far.get("IsTruncated") != Some(&Value::Bool(true)) {
+        if let Some(o) = so_far.as_object_mut() {
+            o.remove("Marker");
+        }
+    }
+    so_far
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_are_merged_until_the_last() {
+        let first = json!({"Users": [{"UserName": "a"}], "IsTruncated": true, "Marker": "1"});
+        assert_eq!(next_marker(&first), Some(json!("1")));
+        let last = json!({"Users": [{"UserName": "b"}], "IsTruncated": false});
+        let all = merge_page(first, last);
+        assert_eq!(
+            all,
+            json!({"Users": [{"UserName": "a"}, {"UserName": "b"}], "IsTruncated": false})
+        );
+        assert_eq!(next_marker(&all), None);
+    }
 
     fn args(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()

@@ -348,6 +348,42 @@ fn ok(v: Value) -> ApiResult {
     Ok(json_response(StatusCode::OK, &v))
 }
 
+/// Items per page when a List call names no `MaxItems` (as IAM).
+const DEFAULT_MAX_ITEMS: u64 = 100;
+
+/// One page of a List answer: `items` under `member`, at most `MaxItems`
+/// (1–1000) of them from where `Marker` says the previous page stopped;
+/// `IsTruncated` and the next `Marker` when more remain.
+fn listed(a: &Args, member: &str, items: Vec<Value>) -> Result<Value, ApiError> {
+    let max = match a.v.get("MaxItems") {
+        None | Some(Value::Null) => DEFAULT_MAX_ITEMS,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| validation("MaxItems must be an integer from 1 to 1000."))?,
+    };
+    let start = match a.opt("Marker")? {
+        None => 0,
+        Some(m) => m
+            .parse::<usize>()
+            .ok()
+            .filter(|&s| s <= items.len())
+            .ok_or_else(|| validation("Marker is not one this API gave out."))?,
+    };
+    let total = items.len();
+    let page: Vec<Value> = items
+        .into_iter()
+        .skip(start)
+        .take(usize::try_from(max).unwrap_or(usize::MAX))
+        .collect();
+    let next = start + page.len();
+    let mut out = json!({ member: page, "IsTruncated": next < total });
+    if next < total {
+        out["Marker"] = Value::String(next.to_string());
+    }
+    Ok(out)
+}
+
 fn user_arn(state: &AppState, name: &str) -> String {
     format!("arn:aws:iam::{}:user/{name}", state.config.aws.account_id)
 }
@@ -605,7 +641,7 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
                 .iter()
                 .map(|u| user_json(state, u))
                 .collect();
-            ok(json!({"Users": users, "IsTruncated": false}))
+            ok(listed(a, "Users", users)?)
         }
         "DeleteUser" => {
             let name = a.req("UserName")?;
@@ -652,7 +688,11 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
         }
         "ListUserTags" => {
             let u = get_user(iam, &a.req("UserName")?).await?;
-            ok(json!({"Tags": u.tags, "IsTruncated": false}))
+            ok(listed(
+                a,
+                "Tags",
+                u.tags.into_iter().map(|x| json!(x)).collect(),
+            )?)
         }
         "PutUserPermissionsBoundary" | "PutRolePermissionsBoundary" => {
             let (kind, key, what) = if action.contains("User") {
@@ -705,7 +745,7 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
                 .list_access_keys(&format!("user/{name}"))
                 .await?;
             let meta: Vec<Value> = keys.iter().map(|k| key_meta(&name, k)).collect();
-            ok(json!({"AccessKeyMetadata": meta, "IsTruncated": false}))
+            ok(listed(a, "AccessKeyMetadata", meta)?)
         }
         "UpdateAccessKey" => {
             let name = self_user()?;
@@ -781,7 +821,11 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
                 .into_iter()
                 .map(|(n, _)| n)
                 .collect();
-            ok(json!({"PolicyNames": names, "IsTruncated": false}))
+            ok(listed(
+                a,
+                "PolicyNames",
+                names.into_iter().map(Value::String).collect(),
+            )?)
         }
         "AttachUserPolicy" | "AttachGroupPolicy" | "AttachRolePolicy" => {
             let (kind, key) = owner_of(action).unwrap_or((OwnerKind::User, "UserName"));
@@ -815,7 +859,7 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
                 .iter()
                 .map(|p| json!({"PolicyName": p.name, "PolicyArn": p.arn}))
                 .collect();
-            ok(json!({"AttachedPolicies": list, "IsTruncated": false}))
+            ok(listed(a, "AttachedPolicies", list)?)
         }
         "CreateGroup" => {
             let name = a.req("GroupName")?;
@@ -842,7 +886,9 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
                     users.push(user_json(state, &u));
                 }
             }
-            ok(json!({"Group": group_json(state, &g), "Users": users, "IsTruncated": false}))
+            let mut page = listed(a, "Users", users)?;
+            page["Group"] = group_json(state, &g);
+            ok(page)
         }
         "ListGroups" => {
             let groups: Vec<Value> = iam
@@ -851,7 +897,7 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
                 .iter()
                 .map(|g| group_json(state, g))
                 .collect();
-            ok(json!({"Groups": groups, "IsTruncated": false}))
+            ok(listed(a, "Groups", groups)?)
         }
         "DeleteGroup" => {
             let name = a.req("GroupName")?;
@@ -881,7 +927,7 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
                     groups.push(group_json(state, &g));
                 }
             }
-            ok(json!({"Groups": groups, "IsTruncated": false}))
+            ok(listed(a, "Groups", groups)?)
         }
         "CreateRole" => {
             let name = a.req("RoleName")?;
@@ -925,7 +971,7 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
                 .iter()
                 .map(|r| role_json(state, r))
                 .collect();
-            ok(json!({"Roles": roles, "IsTruncated": false}))
+            ok(listed(a, "Roles", roles)?)
         }
         "DeleteRole" => {
             let name = a.req("RoleName")?;
@@ -958,7 +1004,7 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
         }
         "ListPolicies" => {
             let list: Vec<Value> = iam.list_policies().await?.iter().map(policy_json).collect();
-            ok(json!({"Policies": list, "IsTruncated": false}))
+            ok(listed(a, "Policies", list)?)
         }
         "DeletePolicy" => {
             let arn = a.req("PolicyArn")?;

@@ -4,6 +4,7 @@ then call the gateway with boto3 and the airlock CLI using their own keys."""
 
 import json
 import re
+import urllib.error
 from pathlib import Path
 
 import botocore.exceptions
@@ -263,3 +264,28 @@ def test_activation_needs_pass_role_on_its_role(gateway, workdir):
                "Resource": "arn:aws:iam::*:role/AirlockManagedInstance",
                "Condition": {"StringEquals": {"iam:PassedToService": "ssm.amazonaws.com"}}}]))
     assert ssm.create_activation(IamRole="AirlockManagedInstance")["ActivationId"]
+
+
+def test_list_calls_come_in_pages_and_the_cli_follows_them(gateway):
+    """The admin API pages List answers (100 by default, MaxItems, Marker);
+    `airlock admin list-users` prints every page as one list."""
+    from test_console import iam
+
+    for i in range(120):
+        iam(gateway, "CreateUser", UserName=f"user-{i:03}")
+    first = iam(gateway, "ListUsers")
+    assert len(first["Users"]) == 100 and first["IsTruncated"] is True, first.keys()
+    small = iam(gateway, "ListUsers", MaxItems=7)
+    assert len(small["Users"]) == 7 and small["IsTruncated"]
+    rest = iam(gateway, "ListUsers", MaxItems=1000, Marker=small["Marker"])
+    assert rest["IsTruncated"] is False and "Marker" not in rest
+    names = [u["UserName"] for u in small["Users"] + rest["Users"]]
+    assert len(names) == 121 and len(set(names)) == 121
+    listed, _ = admin(gateway, "list-users")
+    assert sorted(u["UserName"] for u in listed["Users"]) == sorted(names)
+    assert listed["IsTruncated"] is False
+    for bad in ({"Marker": "nope"}, {"MaxItems": 0}):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            iam(gateway, "ListUsers", **bad)
+        assert e.value.code == 400
+        assert json.loads(e.value.read())["__type"] == "ValidationError"
