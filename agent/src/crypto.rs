@@ -154,7 +154,8 @@ pub async fn decrypt_data_key(
         "EncryptionContext": ctx,
     });
     let out = agent
-        .api
+        .call_api()
+        .await
         .call_json("kms", "TrentService", "Decrypt", &body)
         .await
         .map_err(|e| match e {

@@ -190,7 +190,7 @@ async fn try_start(
         .to_string();
     let context = RecordingHeader::context_for(&sid, &target);
     let keys = GatewayKeys {
-        api: agent.api.clone(),
+        api: agent.call_api().await,
     };
     let (key_arn, key, blob) = keys.generate(&key_id, &context).await?;
     let record_input = input_enabled(task);
@@ -218,7 +218,7 @@ async fn try_start(
     let live = Arc::new(AtomicBool::new(true));
     let doomed = CancellationToken::new();
     tokio::spawn(upload_dir(
-        agent.api.clone(),
+        agent.clone(),
         dir.clone(),
         notify.clone(),
         live.clone(),
@@ -411,7 +411,7 @@ fn hex_encode(b: &[u8]) -> String {
 /// is down. Ends when the end record is uploaded, or, for a dir left from a
 /// previous run, when the dir is empty.
 async fn upload_dir(
-    api: ApiClient,
+    agent: Arc<Agent>,
     dir: PathBuf,
     notify: Arc<Notify>,
     live: Arc<AtomicBool>,
@@ -470,7 +470,9 @@ async fn upload_dir(
                     serde_json::json!({"Action": "PutChunk", "SessionId": sid, "Seq": seq, "Data": B64.encode(&data)})
                 }
             };
-            match call(&api, body).await {
+            // Role credentials are short-lived and this runs for the whole
+            // session: ask for the current ones each time.
+            match call(&agent.call_api().await, body).await {
                 Ok(v) => {
                     fail_closed = v["FailClosed"].as_bool().unwrap_or(fail_closed);
                     failing_since = None;
@@ -529,13 +531,7 @@ pub fn resume_spooled(agent: &Arc<Agent>) {
             info!(dir = %ent.path().display(), "uploading a recording left from an earlier run");
             let notify = Arc::new(Notify::new());
             let live = Arc::new(AtomicBool::new(false));
-            tokio::spawn(upload_dir(
-                agent.api.clone(),
-                ent.path(),
-                notify,
-                live,
-                None,
-            ));
+            tokio::spawn(upload_dir(agent.clone(), ent.path(), notify, live, None));
         }
     }
 }

@@ -20,6 +20,9 @@ pub struct AuditEvent {
     pub time: String,
     pub request_id: String,
     pub principal: String,
+    /// The key that signed the request (as CloudTrail's `accessKeyId`): an
+    /// agent's short-lived role key starts with `ASIA`.
+    pub access_key_id: String,
     pub action: String,
     pub resource: String,
     /// `allowed`, `explicitDeny` or `implicitDeny`.

@@ -231,6 +231,7 @@ pub async fn authorize(
             time: time_text.clone(),
             request_id: req.request_id.clone(),
             principal: id.arn.clone(),
+            access_key_id: principal.access_key_id.clone(),
             action: action.to_string(),
             resource: resource.clone(),
             decision: d.effect.as_str().to_string(),

@@ -112,6 +112,12 @@ def test_encrypted_shell_round_trip(gateway, agent):
     assert "enc-42" in stdout, (stdout, out.stderr)
     assert "This session is encrypted using AWS KMS." in out.stderr.decode(errors="replace")
     assert out.returncode == 3, out.stderr
+    # The agent's kms:Decrypt was signed with its short-lived role key, not
+    # its long-term registration key.
+    events = [json.loads(line) for line in (gateway.data_dir / "audit.log").read_text().splitlines()]
+    decrypts = [e for e in events if e.get("action") == "kms:Decrypt"
+                and e["principal"].endswith(f"assumed-role/AirlockManagedInstance/{agent.instance_id}")]
+    assert decrypts and all(e["access_key_id"].startswith("ASIA") for e in decrypts), decrypts
 
 
 def test_encrypted_shell_through_aws_cli_plugin_mode(gateway, agent, workdir):
