@@ -18,8 +18,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from conftest import REGION, ROOT, Agent, Gateway, LineReader, airlock, binary
+from conftest import REGION, ROOT, Agent, airlock
 from test_encrypted_sessions import PlainGateway, Tap, encrypt_sessions
+from test_session_limits import ConfigGateway
 
 DRIVER = Path(__file__).resolve().parent / "console" / "driver.mjs"
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -148,40 +149,14 @@ def test_console_sessions_page_terminates(gateway, agent):
     assert "Terminated" in r["historyRow"]
 
 
-class ConfiguredGateway(Gateway):
-    """A gateway started with `--config` holding CONFIG."""
-
-    CONFIG = ""
-
-    def start(self):
-        config = self.data_dir.parent / "gateway.toml"
-        config.write_text(self.CONFIG)
-        self.proc = subprocess.Popen(
-            [binary("airlock-gateway"), "--config", str(config),
-             "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE,
-            stderr=open(self.data_dir.parent / "gateway.log", "ab"),
-        )
-        self.reader = LineReader(self.proc)
-        self.url = self.reader.wait_for(r"listening on (\S+)").group(1)
-        self.ca_bundle = self.reader.wait_for(r"AWS_CA_BUNDLE=(\S+)").group(1)
-        self.credentials_file = self.reader.wait_for(r"admin credentials: (\S+)").group(1)
-
-
-class LimitedGateway(ConfiguredGateway):
-    """One session per target."""
-
-    CONFIG = "[sessions]\nmax_per_target = 1\n"
-
-
-class IdleGateway(ConfiguredGateway):
-    """Sessions idle for 3 s are closed (the warning comes 1 s before)."""
-
-    CONFIG = "[sessions]\nidle_timeout_secs = 3\n"
+# The gateway configs these tests start with (`test_session_limits.ConfigGateway`).
+ONE_SESSION_PER_TARGET = "[sessions]\nmax_per_target = 1\n"
+# Sessions idle for 3 s are closed; the warning comes 1 s before.
+IDLE_AFTER_3S = "[sessions]\nidle_timeout_secs = 3\n"
 
 
 def test_console_shows_the_idle_warning_before_the_close(workdir):
-    gw = IdleGateway(workdir)
+    gw = ConfigGateway(Path(workdir) / "idle", IDLE_AFTER_3S)
     try:
         ag = Agent(gw, workdir)
         try:
@@ -196,7 +171,7 @@ def test_console_shows_the_idle_warning_before_the_close(workdir):
 
 
 def test_console_shows_session_limit_in_the_api_words(workdir):
-    gw = LimitedGateway(workdir)
+    gw = ConfigGateway(Path(workdir) / "limited", ONE_SESSION_PER_TARGET)
     try:
         ag = Agent(gw, workdir)
         try:
