@@ -241,7 +241,10 @@ impl Gateway {
                         )
                         .await;
                         match hs {
-                            Ok(Ok(stream)) => {
+                            Ok(Ok(mut stream)) => {
+                                stream.get_mut().1.set_buffer_limit(Some(
+                                    airlock_transport::tls::TLS_SEND_BUFFER,
+                                ));
                                 serve_conn(state, TokioIo::new(stream), true, peer, shutdown).await
                             }
                             Ok(Err(e)) => {

@@ -109,13 +109,55 @@ pub fn acceptor(paths: &TlsPaths) -> Result<TlsAcceptor, GatewayError> {
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| GatewayError::io(&paths.server_key, e))?
         .ok_or_else(|| GatewayError::Tls("no private key in server-key.pem".into()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ServerConfig::builder_with_provider(airlock_transport::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(tls_err)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Our suite order, not the client's: see `airlock_transport::tls::provider`.
+    cfg.ignore_client_order = true;
     Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that lists AES-256 first (rustls's own default order, as
+    /// the AWS CLI's OpenSSL does) still gets AES-128-GCM, the cheaper suite
+    /// every tunnel byte pays for twice.
+    #[tokio::test]
+    async fn gateway_picks_aes_128_gcm_over_a_client_preferring_aes_256() {
+        let dir = std::env::temp_dir().join(format!("airlock-tls-{}", uuid::Uuid::new_v4()));
+        let paths = ensure_material(&dir).unwrap();
+        let acceptor = acceptor(&paths).unwrap();
+        let stock = rustls::crypto::ring::default_provider();
+        assert_eq!(
+            stock.cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read(&paths.ca_cert).unwrap();
+        for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(stock))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move { acceptor.accept(far).await.map(|_| ()) });
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, near)
+            .await
+            .unwrap();
+        let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+        server.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    }
 }

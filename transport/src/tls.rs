@@ -41,14 +41,41 @@ pub fn client_config(ca_bundle: Option<&Path>) -> Result<Arc<rustls::ClientConfi
             return Err(TlsError::Empty { path: shown });
         }
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Ciphertext rustls may hold for one connection before a write waits for
+/// the socket (its default is 64 KiB). A 256 KiB port-forward payload is
+/// then sealed and handed to the kernel in one `writev`, rather than four
+/// that each end in a sliver of a segment.
+pub const TLS_SEND_BUFFER: usize = 256 * 1024;
+
+/// The ring provider with the AES-128-GCM suites first. Every byte of a
+/// tunnel is TLS-sealed twice (client and agent legs), and AES-128 has 10
+/// rounds to AES-256's 14; both are what TLS 1.3 requires implementations to
+/// offer, and 128-bit keys are the suite AWS endpoints themselves prefer.
+/// The gateway orders its choice the same way, so a client that lists
+/// AES-256 first still gets AES-128.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| !is_aes_128_gcm(suite.suite()));
+    Arc::new(provider)
+}
+
+fn is_aes_128_gcm(suite: rustls::CipherSuite) -> bool {
+    matches!(
+        suite,
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+            | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
 }
 
 #[cfg(test)]
@@ -59,6 +86,17 @@ mod tests {
     fn default_config_builds() {
         let cfg = client_config(None).unwrap();
         assert_eq!(cfg.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn aes_128_gcm_comes_first_and_nothing_is_dropped() {
+        let ours = provider();
+        let stock = rustls::crypto::ring::default_provider();
+        assert_eq!(ours.cipher_suites.len(), stock.cipher_suites.len());
+        assert_eq!(
+            ours.cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
     }
 
     #[test]

@@ -124,10 +124,14 @@ impl Target {
         let name = rustls::pki_types::ServerName::try_from(self.bare_host().to_string())
             .map_err(|e| format!("invalid server name: {e}"))?;
         let connector = tokio_rustls::TlsConnector::from(tls.clone());
-        let stream = connector
+        let mut stream = connector
             .connect(name, buffered(tcp))
             .await
             .map_err(|e| e.to_string())?;
+        stream
+            .get_mut()
+            .1
+            .set_buffer_limit(Some(crate::tls::TLS_SEND_BUFFER));
         Ok(Box::new(stream))
     }
 }
