@@ -9,6 +9,7 @@ use airlock_proto::reliable::{Config, Event};
 use airlock_proto::{MessageType, PayloadType, Role};
 use airlock_transport::datachannel::{ChannelEvent, DataChannel};
 use airlock_transport::ws::{Io, WsStream};
+use airlock_transport::wsconn::WsConn;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,9 +74,18 @@ async fn next_data(dc: &mut DataChannel) -> (PayloadType, Bytes) {
 /// Plays the agent: handshake, greeting, reads input until `exit`, reports `code`.
 async fn fake_agent(listener: TcpListener, code: i32) -> (String, Vec<u8>) {
     let (tcp, _) = listener.accept().await.unwrap();
-    let mut ws: WsStream = tokio_tungstenite::accept_async(Box::new(tcp) as Box<dyn Io>)
+    // tungstenite answers the upgrade; the client sends nothing before the
+    // 101, so no websocket bytes are left in its buffer when it is dropped.
+    let upgraded = tokio_tungstenite::accept_async(Box::new(tcp) as Box<dyn Io>)
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    let mut ws: WsStream = WsConn::new(
+        upgraded,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        airlock_transport::ws::MAX_MESSAGE_SIZE,
+        Default::default(),
+    );
     let open = match ws.next().await.unwrap().unwrap() {
         tokio_tungstenite::tungstenite::Message::Text(t) => t.to_string(),
         other => panic!("expected text open, got {other:?}"),

@@ -10,6 +10,7 @@ use airlock_proto::messages::{
     AgentSessionState, AgentTaskAcknowledge, AgentTaskComplete, ChannelClosed, OpenControlChannel,
     OpenDataChannel, SessionDocument, SessionState, StartSessionTask, TaskEnvelope,
 };
+use airlock_transport::wsconn::WsConn;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -21,7 +22,6 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::api::end_session;
@@ -30,7 +30,7 @@ use crate::hub::{AgentHandle, Relay, Side, TokenKind, CONTROL_QUEUE};
 use crate::server::{error_response, AppState, Body};
 use crate::util::now_ms;
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Ws = WsConn<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// How long a socket may take to send its first (open) message.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,9 +73,12 @@ pub fn upgrade(
                 return;
             }
         };
-        let cfg = airlock_transport::ws::ws_config_with_limit(max);
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
+        let ws = WsConn::new(
+            TokioIo::new(upgraded),
+            Role::Server,
+            max,
+            Default::default(),
+        );
         match channel {
             Channel::Control(id) => control_channel(st, ws, id).await,
             Channel::Data(id) => data_channel(st, ws, id).await,

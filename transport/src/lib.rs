@@ -4,6 +4,8 @@
 //! - [`api`]: SigV4-signed AWS JSON 1.1 calls (`AmazonSSM.*`, `TrentService.*`)
 //!   and plain signed POSTs (`/v1/control-channel/..`).
 //! - [`ws`]: websocket connect over TCP or TLS.
+//! - [`wsconn`]: websocket framing on an upgraded stream, without the
+//!   per-message copies (used by the gateway too).
 //! - [`credentials`]: AWS credentials from the environment and `~/.aws`.
 //! - [`datachannel`]: the task that pumps a `proto::ReliableChannel` over a
 //!   websocket, keeps it alive and survives reconnects.
@@ -21,3 +23,4 @@ pub mod datachannel;
 pub mod readahead;
 pub mod tls;
 pub mod ws;
+pub mod wsconn;

@@ -3,15 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// Either a plain or a TLS stream, so one websocket type serves both.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-pub type WsStream = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+pub type WsStream = crate::wsconn::WsConn<Box<dyn Io>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WsError {
@@ -28,12 +30,6 @@ pub const MAX_MESSAGE_SIZE: usize = 2 << 20;
 /// Time allowed for TCP connect + TLS + upgrade.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Bytes tungstenite asks the stream for per read. It zeroes that much of
-/// its buffer before every read, and a TLS stream hands back at most one
-/// 16 KiB record per read, so its 128 KiB default would clear 8 bytes per
-/// byte received; one record's worth clears one.
-pub const WS_READ_CHUNK: usize = 16 * 1024;
-
 /// A TCP stream for use under TLS: reads go through a read-ahead buffer
 /// while the stream is busy (see [`crate::readahead`]); writes pass through.
 pub type BufferedTcp = crate::readahead::ReadAhead<TcpStream>;
@@ -42,19 +38,8 @@ pub fn buffered(tcp: TcpStream) -> BufferedTcp {
     crate::readahead::ReadAhead::new(tcp)
 }
 
-/// The websocket settings both ends of an Airlock data path use: bounded
-/// messages (peer bytes are hostile) and the read chunk above.
-pub fn ws_config_with_limit(max_message: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message))
-        .read_buffer_size(WS_READ_CHUNK)
-}
-
-/// The websocket limits every Airlock client socket uses.
-pub fn ws_config() -> WebSocketConfig {
-    ws_config_with_limit(MAX_MESSAGE_SIZE)
-}
+/// Largest upgrade response head read before giving up.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
 /// Where to dial, split out of a URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,16 +132,98 @@ pub async fn connect(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<WsStre
         reason,
     };
     let fut = async {
-        let io = target.dial(&tls).await.map_err(fail)?;
-        let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, io, Some(ws_config()))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        Ok(ws)
+        let mut io = target.dial(&tls).await.map_err(fail)?;
+        let already_read = upgrade(&mut io, &uri, &target).await.map_err(fail)?;
+        Ok(crate::wsconn::WsConn::new(
+            io,
+            Role::Client,
+            MAX_MESSAGE_SIZE,
+            already_read,
+        ))
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
         Ok(r) => r,
         Err(_) => Err(fail("timed out".to_string())),
     }
+}
+
+/// The client half of the HTTP/1.1 upgrade (RFC 6455 §4.1). Returns what
+/// arrived after the response head: the first websocket bytes, if any.
+async fn upgrade(
+    io: &mut Box<dyn Io>,
+    uri: &http::Uri,
+    target: &Target,
+) -> Result<BytesMut, String> {
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+        target.host_header()
+    );
+    io.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    io.flush().await.map_err(|e| e.to_string())?;
+    let expected_accept = derive_accept_key(key.as_bytes());
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let head_len = {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    check_upgrade_response(&response, &expected_accept)?;
+                    Some(n)
+                }
+                Ok(httparse::Status::Partial) => None,
+                Err(e) => return Err(format!("bad websocket upgrade response: {e}")),
+            }
+        };
+        if let Some(n) = head_len {
+            buf.advance(n);
+            return Ok(buf);
+        }
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err("websocket upgrade response head too large".to_string());
+        }
+        let n = io.read_buf(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed during the websocket upgrade".to_string());
+        }
+    }
+}
+
+fn check_upgrade_response(
+    response: &httparse::Response<'_, '_>,
+    expected_accept: &str,
+) -> Result<(), String> {
+    let code = response.code.unwrap_or(0);
+    if code != 101 {
+        return Err(format!(
+            "HTTP error: {code} {}",
+            response.reason.unwrap_or_default()
+        ));
+    }
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let upgrade_ok = header("upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let connection_ok = header("connection").is_some_and(|v| {
+        v.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    });
+    if !upgrade_ok || !connection_ok {
+        return Err("the server did not switch to the websocket protocol".to_string());
+    }
+    if header("sec-websocket-accept").as_deref() != Some(expected_accept) {
+        return Err("Sec-WebSocket-Accept does not match the key sent".to_string());
+    }
+    Ok(())
 }
 
 /// URLs may carry presigned credentials in the query; errors show only the path.

@@ -31,7 +31,12 @@ fn pattern(seed: u32) -> Vec<u8> {
 
 async fn accept(listener: &TcpListener) -> WebSocketStream<TcpStream> {
     let (s, _) = listener.accept().await.unwrap();
-    let mut ws = tokio_tungstenite::accept_async_with_config(s, Some(ws::ws_config()))
+    // tungstenite plays the relay: an independent implementation checking
+    // our client framing. The limit matches what our ends accept.
+    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(ws::MAX_MESSAGE_SIZE))
+        .max_frame_size(Some(ws::MAX_MESSAGE_SIZE));
+    let mut ws = tokio_tungstenite::accept_async_with_config(s, Some(cfg))
         .await
         .unwrap();
     // The open message is the first text frame; a relay consumes it.
