@@ -98,6 +98,14 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+def peak_rss_mib(pid):
+    """VmHWM: the most resident memory the process ever had."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def wait_line(proc, pattern, timeout=60):
     regex = re.compile(pattern)
     deadline = time.monotonic() + timeout
@@ -291,6 +299,9 @@ def main():
                       f"runs: {', '.join(f'{r[0] / 1e9:.2f}' for r in runs)} GB/s"
                       + (f"  min/max conn bytes {fair:.2f}" if conns > 1 else ""),
                       flush=True)
+        print("peak RSS (VmHWM) after all runs: " + ", ".join(
+            f"{name} {peak_rss_mib(pid):.0f} MiB"
+            for name, pid in zip(("gateway", "agent", "client"), tunnel_pids)))
         print()
         for conns in (1, args.conns):
             a, s, d = (results[(n, conns)] for n in ("airlock", "socat2", "direct"))

@@ -34,8 +34,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 const STOCK_PAYLOAD: usize = airlock_proto::frame::STOCK_PAYLOAD_SIZE;
 /// Payload size offered to Airlock clients for port sessions.
-pub const PORT_MAX_PAYLOAD: usize = 256 * 1024;
-const OUT_QUEUE: usize = 256;
+pub const PORT_MAX_PAYLOAD: usize = 1024 * 1024;
 const STREAM_QUEUE: usize = 64;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest dial-failure reason sent to the client.
@@ -340,7 +339,7 @@ pub async fn run(
     let chunk = peer.max_payload;
     info!(%host, port, mux, chunk, no_digest = peer.no_digest, client_version = %peer.version, "port session");
 
-    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let (out_tx, out_rx) = mpsc::channel(airlock_transport::batch::out_queue_frames(chunk));
     let pump = spawn_sender(dc.sender(), out_rx, crypto.clone());
     let rec = crate::recorder::start(&agent, &task, "port", (0, 0)).await;
     if rec.is_none() && crate::recorder::fails_closed(&task) {

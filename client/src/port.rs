@@ -34,9 +34,8 @@ pub const PORT_DOCUMENTS: &[&str] = &[
     "AWS-StartSSHSession",
 ];
 /// Payload size this client accepts for port sessions with an Airlock agent.
-pub const PORT_MAX_PAYLOAD: usize = 256 * 1024;
+pub const PORT_MAX_PAYLOAD: usize = 1024 * 1024;
 const STOCK_PAYLOAD: usize = airlock_proto::frame::STOCK_PAYLOAD_SIZE;
-const OUT_QUEUE: usize = 256;
 const STREAM_QUEUE: usize = 64;
 const FLAG_DISCONNECT_TO_PORT: u32 = 1;
 const FLAG_TERMINATE_SESSION: u32 = 2;
@@ -527,7 +526,7 @@ pub async fn run(
     }
     let neg = handshake(&mut dc, opts.stdio, &kms).await?;
     tracing::debug!(mode = ?neg.mode, chunk = neg.chunk, "port session");
-    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let (out_tx, out_rx) = mpsc::channel(airlock_transport::batch::out_queue_frames(neg.chunk));
     let pump = spawn_sender(dc.sender(), out_rx, neg.crypto.clone());
     let result = match neg.mode {
         Mode::Stdio => run_stdio(&mut dc, &neg, out_tx.clone(), &interrupted).await,

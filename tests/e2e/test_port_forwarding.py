@@ -158,7 +158,7 @@ def test_one_gib_random_sha256_equal(tunnel_to, workdir):
         # Airlock on both ends: the fast path was negotiated.
         log = open(os.path.join(workdir, "agent.log"), errors="replace").read()
         log = re.sub(r"\x1b\[[0-9;]*m", "", log)
-        assert re.search(r"port session.*mux=true chunk=262144 no_digest=true", log), log[-2000:]
+        assert re.search(r"port session.*mux=true chunk=1048576 no_digest=true", log), log[-2000:]
     finally:
         sink.close()
 

@@ -7,6 +7,19 @@ use bytes::BufMut;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// Bytes of payload a port session may hold queued between its connection
+/// readers and the data channel (which then bounds what is in flight).
+pub const OUT_QUEUE_BYTES: usize = 8 << 20;
+/// Most frames in that queue, whatever their size.
+pub const OUT_QUEUE_MAX_FRAMES: usize = 256;
+
+/// Frames the reader-to-channel queue holds for payloads of `chunk` bytes:
+/// as many as fit in [`OUT_QUEUE_BYTES`] (at least 2), so 1 MiB batches do
+/// not make a queue sized for 1 KiB stock frames hold 256 MiB.
+pub fn out_queue_frames(chunk: usize) -> usize {
+    (OUT_QUEUE_BYTES / chunk.max(1)).clamp(2, OUT_QUEUE_MAX_FRAMES)
+}
+
 /// An empty buffer for [`read_psh_batch`] whose payload will fit `chunk`
 /// bytes on the wire, and the `max_payload` to read to. With `sealed` the
 /// payload starts with room for the end-to-end nonce and leaves room for the
@@ -99,6 +112,16 @@ pub async fn read_psh_batch<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_queue_is_bounded_in_bytes() {
+        assert_eq!(out_queue_frames(1024), OUT_QUEUE_MAX_FRAMES);
+        assert_eq!(out_queue_frames(1 << 20), 8);
+        assert_eq!(out_queue_frames(64 << 20), 2);
+        for chunk in [1024, 4096, 65536, 256 << 10, 1 << 20] {
+            assert!(out_queue_frames(chunk) * chunk <= OUT_QUEUE_BYTES.max(2 * chunk));
+        }
+    }
     use airlock_proto::smux::{Decoder, SmuxFrame};
     use tokio::io::AsyncWriteExt;
 

@@ -50,9 +50,9 @@ pub fn client_config(ca_bundle: Option<&Path>) -> Result<Arc<rustls::ClientConfi
 }
 
 /// Ciphertext rustls may hold for one connection before a write waits for
-/// the socket (its default is 64 KiB). A 256 KiB port-forward payload is
-/// then sealed and handed to the kernel in one `writev`, rather than four
-/// that each end in a sliver of a segment.
+/// the socket (its default is 64 KiB). A port-forward payload is then
+/// sealed and handed to the kernel 256 KiB per `writev`, rather than 64 KiB
+/// writes that each end in a sliver of a segment.
 pub const TLS_SEND_BUFFER: usize = 256 * 1024;
 
 /// The ring provider with the AES-128-GCM suites first. Every byte of a

@@ -1,7 +1,7 @@
 //! RFC 6455 framing over an already-upgraded stream, shaped for relaying.
 //!
 //! tungstenite copies every outgoing message into its write buffer and
-//! clears its read buffer before each read; on a tunnel carrying 256 KiB
+//! clears its read buffer before each read; on a tunnel carrying 1 MiB
 //! payloads those were the largest user-space costs left in the gateway
 //! (docs/PERFORMANCE.md). Here a received payload is read straight from the
 //! stream into a buffer of exactly its length (and unmasked there while it is
