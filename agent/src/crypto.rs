@@ -216,9 +216,9 @@ impl AgentCrypto {
         if !should_encrypt(Direction::ClientToAgent, payload_type) {
             return Ok(payload);
         }
-        Ok(Bytes::from(self.opener.open(&payload).map_err(|e| {
-            anyhow!("client payload failed to decrypt ({e}); ending the session")
-        })?))
+        self.opener
+            .open_bytes(payload)
+            .map_err(|e| anyhow!("client payload failed to decrypt ({e}); ending the session"))
     }
 }
 

@@ -89,8 +89,7 @@ impl ClientCrypto {
             return Ok(payload);
         }
         self.opener
-            .open(&payload)
-            .map(Bytes::from)
+            .open_bytes(payload)
             .map_err(|e| format!("a payload from the agent failed to decrypt: {e}"))
     }
 

@@ -307,9 +307,7 @@ impl fmt::Debug for Opener {
 }
 
 impl Opener {
-    /// Checks the size before allocating, then authenticates and decrypts.
-    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let len = sealed.len();
+    fn check_len(len: usize) -> Result<(), CryptoError> {
         if len < OVERHEAD {
             return Err(CryptoError::TooShort { len });
         }
@@ -319,6 +317,36 @@ impl Opener {
                 max: MAX_SEALED_LEN,
             });
         }
+        Ok(())
+    }
+
+    /// Decrypts where the bytes lie when `sealed` is their only owner (a
+    /// payload just read off the socket), so a 1 MiB port payload is not
+    /// copied first; a shared buffer is copied, as [`Opener::open`] does.
+    pub fn open_bytes(&self, sealed: bytes::Bytes) -> Result<bytes::Bytes, CryptoError> {
+        let len = sealed.len();
+        Self::check_len(len)?;
+        let mut buf = match sealed.try_into_mut() {
+            Ok(unique) => unique,
+            Err(shared) => return self.open(&shared).map(bytes::Bytes::from),
+        };
+        let (nonce, body) = buf.split_at_mut(NONCE_LEN);
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::TooShort { len })?;
+        let n = self
+            .key
+            .open_in_place(nonce, Aad::empty(), body)
+            .map_err(|_| CryptoError::Authentication)?
+            .len();
+        let mut plain = buf.split_off(NONCE_LEN);
+        plain.truncate(n);
+        Ok(plain.freeze())
+    }
+
+    /// Checks the size before allocating, then authenticates and decrypts.
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let len = sealed.len();
+        Self::check_len(len)?;
         let (nonce, body) = sealed.split_at(NONCE_LEN);
         let nonce =
             Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::TooShort { len })?;
@@ -425,6 +453,38 @@ mod tests {
         assert_eq!(
             agent.opener().open(&sealed),
             Err(CryptoError::Authentication)
+        );
+    }
+
+    #[test]
+    fn opening_in_place_matches_opening_a_copy() {
+        let (agent, client) = pair();
+        let mut s = agent.sealer(NonceSource::Counter([3; 12]));
+        let o = client.opener();
+        for msg in [&b""[..], b"x", &[7u8; 70_000]] {
+            let sealed = bytes::Bytes::from(s.seal(msg).unwrap());
+            let start = sealed.as_ptr() as usize;
+            // A shared buffer is copied, not written over under its owners.
+            let shared = sealed.clone();
+            assert_eq!(&o.open_bytes(shared.clone()).unwrap()[..], msg);
+            assert_eq!(shared, sealed);
+            drop(shared);
+            // The only owner: decrypted where it lies, behind the nonce.
+            let plain = o.open_bytes(sealed).unwrap();
+            assert_eq!(&plain[..], msg);
+            if !msg.is_empty() {
+                assert_eq!(plain.as_ptr() as usize, start + NONCE_LEN);
+            }
+        }
+        let mut tampered = s.seal(b"payload").unwrap();
+        tampered[NONCE_LEN] ^= 1;
+        assert_eq!(
+            o.open_bytes(bytes::Bytes::from(tampered)),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            o.open_bytes(bytes::Bytes::from_static(b"short")),
+            Err(CryptoError::TooShort { len: 5 })
         );
     }
 

@@ -38,8 +38,6 @@ const WRITE_QUEUE_HIGH: usize = 256 * 1024;
 /// Payloads up to this size share one buffer with their header, so a small
 /// message never costs a vectored write of two slivers.
 const COALESCE_BELOW: usize = 4096;
-/// A payload buffer grows by at most this much ahead of the bytes received.
-const PAYLOAD_STEP: usize = 512 * 1024;
 /// iovecs per vectored write.
 const MAX_IOVECS: usize = 64;
 /// Largest control-frame payload (RFC 6455 §5.5).
@@ -295,8 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             };
             while f.payload.len() < f.len {
                 let at = f.payload.len();
-                let want = (f.len - at).min(PAYLOAD_STEP);
-                let n = match ready!(poll_read_into(&mut self.io, cx, &mut f.payload, want)) {
+                let n = match ready!(poll_read_into(&mut self.io, cx, &mut f.payload, f.len - at)) {
                     Ok(n) => n,
                     Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
                 };
@@ -389,9 +386,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         let payload = if self.rbuf.len() >= len {
             self.rbuf.split_to(len)
         } else {
-            // Sized to the announced length, up to a cap: a peer that
-            // announces the maximum and sends nothing gets no large buffer.
-            let mut p = BytesMut::with_capacity(len.min(PAYLOAD_STEP));
+            // Sized to the announced length (already checked against the
+            // limit) so it is never reallocated and copied as it fills; the
+            // allocator hands out address space, and pages are only touched
+            // as payload bytes arrive.
+            let mut p = BytesMut::with_capacity(len);
             p.put_slice(&self.rbuf);
             self.rbuf.clear();
             p
