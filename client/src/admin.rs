@@ -254,6 +254,11 @@ const VERBS: &[Verb] = &[
         params: &[ROLE],
     },
     Verb {
+        name: "update-assume-role-policy",
+        action: "UpdateAssumeRolePolicy",
+        params: &[ROLE, PDOC],
+    },
+    Verb {
         name: "put-role-policy",
         action: "PutRolePolicy",
         params: &[ROLE, PNAME, PDOC],

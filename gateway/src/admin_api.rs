@@ -544,6 +544,7 @@ const ACTIONS: &[&str] = &[
     "GetRole",
     "ListRoles",
     "DeleteRole",
+    "UpdateAssumeRolePolicy",
     "PutRolePolicy",
     "GetRolePolicy",
     "DeleteRolePolicy",
@@ -976,6 +977,17 @@ async fn run(state: &AppState, caller: &Principal, action: &str, a: &Args<'_>) -
         "DeleteRole" => {
             let name = a.req("RoleName")?;
             deleted(iam.delete_role(&name).await?, "role", &name)
+        }
+        "UpdateAssumeRolePolicy" => {
+            let name = a.req("RoleName")?;
+            let trust = a.doc("PolicyDocument")?;
+            serde_json::from_str::<Value>(&trust).map_err(|e| {
+                ApiError::new("MalformedPolicyDocument", format!("line {}: {e}", e.line()))
+            })?;
+            if !iam.update_assume_role_policy(&name, &trust).await? {
+                return Err(no_such("role", &name));
+            }
+            ok(json!({}))
         }
         "CreatePolicy" => {
             let name = a.req("PolicyName")?;

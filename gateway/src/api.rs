@@ -181,21 +181,7 @@ async fn create_activation(
     // Registered agents act as this role, so it must exist and trust SSM to
     // assume it (as on AWS).
     let role_name = iam_role.rsplit('/').next().unwrap_or(&iam_role).to_string();
-    let account = &state.config.aws.account_id;
-    let assumed_by = airlock_iam::Context::new()
-        .with("aws:SourceAccount", account.as_str())
-        .with(
-            "aws:SourceArn",
-            format!("arn:aws:ssm:{}:{account}:*", state.config.aws.region),
-        );
-    let trusted = state.iam.get_role(&role_name).await?.is_some_and(|role| {
-        airlock_iam::trust_allows_service(
-            &role.assume_role_policy,
-            "ssm.amazonaws.com",
-            "sts:AssumeRole",
-            &assumed_by,
-        )
-    });
+    let trusted = crate::role_creds::role_trusts_ssm(state, &role_name).await?;
     if !trusted {
         return Err(ApiError::validation(format!(
             "Nonexistent role or missing ssm service principal in trust policy: arn:aws:iam::{}:role/{role_name}",

@@ -117,6 +117,8 @@ pub trait IamStore: Send + Sync + 'static {
     async fn get_role(&self, name: &str) -> Result<Option<Role>, StoreError>;
     async fn list_roles(&self) -> Result<Vec<Role>, StoreError>;
     async fn delete_role(&self, name: &str) -> Result<DeleteOutcome, StoreError>;
+    /// Replaces a role's trust policy; false if the role does not exist.
+    async fn update_assume_role_policy(&self, name: &str, doc: &str) -> Result<bool, StoreError>;
 
     async fn create_policy(&self, p: ManagedPolicy) -> Result<bool, StoreError>;
     async fn get_policy(&self, arn: &str) -> Result<Option<ManagedPolicy>, StoreError>;
@@ -683,6 +685,17 @@ impl IamStore for SqliteIamStore {
             tx.execute("DELETE FROM iam_roles WHERE name = ?1", params![name])?;
             tx.commit()?;
             Ok(DeleteOutcome::Deleted)
+        })
+        .await
+    }
+
+    async fn update_assume_role_policy(&self, name: &str, doc: &str) -> Result<bool, StoreError> {
+        let (name, doc) = (name.to_string(), doc.to_string());
+        self.with(move |c| {
+            Ok(c.execute(
+                "UPDATE iam_roles SET assume_role_policy = ?2 WHERE name = ?1",
+                params![name, doc],
+            )? > 0)
         })
         .await
     }

@@ -140,6 +140,31 @@ impl RoleCredentialMinter {
     }
 }
 
+/// Whether role `role_name` exists and its trust policy lets SSM assume it.
+/// Checked when an activation names the role and again at every credential
+/// request: on AWS a role whose trust no longer names the service cannot be
+/// assumed, and the instance's credentials stop renewing.
+pub async fn role_trusts_ssm(
+    state: &crate::server::AppState,
+    role_name: &str,
+) -> Result<bool, crate::error::ApiError> {
+    let account = &state.config.aws.account_id;
+    let assumed_by = airlock_iam::Context::new()
+        .with("aws:SourceAccount", account.as_str())
+        .with(
+            "aws:SourceArn",
+            format!("arn:aws:ssm:{}:{account}:*", state.config.aws.region),
+        );
+    Ok(state.iam.get_role(role_name).await?.is_some_and(|role| {
+        airlock_iam::trust_allows_service(
+            &role.assume_role_policy,
+            "ssm.amazonaws.com",
+            "sts:AssumeRole",
+            &assumed_by,
+        )
+    }))
+}
+
 /// `POST /airlock/v1/role-credentials`, signed (service `ssm`) with an
 /// instance's long-term registration key: answers
 /// `{AccessKeyId, SecretAccessKey, SessionToken, Expiration}` for the role
@@ -159,6 +184,14 @@ pub async fn handle(
         return Err(ApiError::access_denied(
             "Role credentials cannot be used to request role credentials.",
         ));
+    }
+    let role = p.role.as_deref().unwrap_or_default();
+    if !role_trusts_ssm(state, role).await? {
+        tracing::warn!(instance_id = %instance, role, "role credentials refused: role gone or no longer trusts SSM");
+        return Err(ApiError::access_denied(format!(
+            "Nonexistent role or missing ssm service principal in trust policy: arn:aws:iam::{}:role/{role}",
+            state.config.aws.account_id
+        )));
     }
     let ttl_ms = state.config.iam.role_credentials_ttl_secs as i64 * 1000;
     let expires_ms = crate::util::now_ms() + ttl_ms;

@@ -268,6 +268,61 @@ async fn create_activation_needs_a_role_that_trusts_ssm() {
     gw.shutdown.cancel();
 }
 
+/// The trust is checked again at every credential request: withdrawing
+/// it (or deleting the role) stops an already registered agent's renewals.
+#[tokio::test]
+async fn role_credentials_stop_when_the_role_no_longer_trusts_ssm() {
+    let dir = TempDir::new();
+    let gw = start(&dir.0, None).await;
+    let trusting = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Principal": {"Service": "ssm.amazonaws.com"}, "Action": "sts:AssumeRole"}]});
+    let ec2_only = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]});
+    iam(
+        &gw,
+        "CreateRole",
+        json!({"RoleName": "Fleet", "AssumeRolePolicyDocument": trusting.to_string()}),
+    )
+    .await;
+    let (_, _, agent) = register(&gw, "Fleet").await;
+    let (_, key) = agent.unwrap();
+    assert_eq!(role_credentials(&gw, &key).await.0, 200);
+
+    iam(
+        &gw,
+        "UpdateAssumeRolePolicy",
+        json!({"RoleName": "Fleet", "PolicyDocument": ec2_only.to_string()}),
+    )
+    .await;
+    let (s, v) = role_credentials(&gw, &key).await;
+    assert_eq!(
+        (s, v["__type"].as_str()),
+        (400, Some("AccessDeniedException")),
+        "{v}"
+    );
+    assert_eq!(
+        v["message"],
+        "Nonexistent role or missing ssm service principal in trust policy: arn:aws:iam::123456789012:role/Fleet"
+    );
+
+    iam(
+        &gw,
+        "UpdateAssumeRolePolicy",
+        json!({"RoleName": "Fleet", "PolicyDocument": trusting.to_string()}),
+    )
+    .await;
+    assert_eq!(role_credentials(&gw, &key).await.0, 200);
+
+    iam(&gw, "DeleteRole", json!({"RoleName": "Fleet"})).await;
+    let (s, v) = role_credentials(&gw, &key).await;
+    assert_eq!(
+        (s, v["__type"].as_str()),
+        (400, Some("AccessDeniedException")),
+        "{v}"
+    );
+    gw.shutdown.cancel();
+}
+
 #[tokio::test]
 async fn bad_declarative_file_stops_start() {
     let dir = TempDir::new();
