@@ -35,7 +35,12 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 const STOCK_PAYLOAD: usize = airlock_proto::frame::STOCK_PAYLOAD_SIZE;
 /// Payload size offered to Airlock clients for port sessions.
 pub const PORT_MAX_PAYLOAD: usize = 1024 * 1024;
-const STREAM_QUEUE: usize = 64;
+/// Received smux frames queued for one local connection. Each is a slice of
+/// up to 64 KiB that keeps its whole payload (up to 1 MiB) allocated, so
+/// this bounds memory per stream, not just frames: at 64 the agent peaked at
+/// 90 MiB relaying 16 connections, at 16 it stays near 35 MiB with the same
+/// throughput (docs/PERFORMANCE.md).
+const STREAM_QUEUE: usize = 16;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest dial-failure reason sent to the client.
 const MAX_REASON: usize = 512;
