@@ -504,14 +504,11 @@ fn poll_read_into<S: AsyncRead + Unpin>(
 /// XORs `data`, which starts `offset` bytes into a masked payload.
 fn unmask(data: &mut [u8], key: [u8; 4], offset: usize) {
     let key = rotated(key, offset);
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
+    let wide = widened(key);
     let mut chunks = data.chunks_exact_mut(8);
     for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        c.copy_from_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
+        let masked = xor_word(c, wide);
+        c.copy_from_slice(&masked);
     }
     for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
         *b ^= key[i % 4];
@@ -520,18 +517,28 @@ fn unmask(data: &mut [u8], key: [u8; 4], offset: usize) {
 
 /// Appends `src` XORed with `key` to `dst`: the copy and the mask in one pass.
 fn mask_into(dst: &mut BytesMut, src: &[u8], key: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
+    let wide = widened(key);
     let mut chunks = src.chunks_exact(8);
     for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        dst.put_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
+        dst.put_slice(&xor_word(c, wide));
     }
     for (i, b) in chunks.remainder().iter().enumerate() {
         dst.put_u8(b ^ key[i % 4]);
     }
+}
+
+/// The key repeated over 8 bytes, so masking goes a word at a time.
+fn widened(key: [u8; 4]) -> u64 {
+    u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ])
+}
+
+/// `word` (8 bytes) XORed with `wide`.
+fn xor_word(word: &[u8], wide: u64) -> [u8; 8] {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(word);
+    (u64::from_ne_bytes(w) ^ wide).to_ne_bytes()
 }
 
 fn rotated(key: [u8; 4], offset: usize) -> [u8; 4] {
