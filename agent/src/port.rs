@@ -565,14 +565,17 @@ async fn stream_task(
         smux::MAX_FRAME_SIZE
     };
     let mut read_total = 0u64;
+    let mut sizer = batch::BatchSizer::new(read_size);
     loop {
-        let (mut buf, max_payload) = batch::batch_buffer(read_size, dest.crypto.is_some());
+        let chunk = sizer.next();
+        let (mut buf, max_payload) = batch::batch_buffer(chunk, dest.crypto.is_some());
         let got = batch::read_psh_batch(&mut rd, sid, &mut buf, max_payload, max_frame)
             .await
             .unwrap_or(batch::Batch {
                 open: false,
                 stream_bytes: 0,
             });
+        sizer.record(buf.payload_len(), chunk);
         read_total += got.stream_bytes as u64;
         if got.stream_bytes > 0 && out.send(Out::Framed(buf)).await.is_err() {
             writer.abort();

@@ -734,14 +734,17 @@ async fn pump_mux_stream<R: AsyncRead + Unpin>(
     out: &mpsc::Sender<Out>,
     sent: &AtomicU64,
 ) -> bool {
+    let mut sizer = batch::BatchSizer::new(sizes.chunk);
     loop {
-        let (mut buf, max_payload) = batch::batch_buffer(sizes.chunk, sizes.sealed);
+        let chunk = sizer.next();
+        let (mut buf, max_payload) = batch::batch_buffer(chunk, sizes.sealed);
         let got = batch::read_psh_batch(&mut rd, sid, &mut buf, max_payload, sizes.max_frame)
             .await
             .unwrap_or(batch::Batch {
                 open: false,
                 stream_bytes: 0,
             });
+        sizer.record(buf.payload_len(), chunk);
         if got.stream_bytes > 0 {
             sent.fetch_add(got.stream_bytes as u64, Ordering::Relaxed);
             if out.send(Out::Framed(buf)).await.is_err() {

@@ -231,9 +231,27 @@ impl FrameBuf {
         }
         let (head, payload) = buf.split_at_mut(HEADER_LEN);
         header.write_header(head, payload, digest)?;
-        Ok(buf.freeze())
+        Ok(right_sized(buf))
     }
 }
+
+/// Frames stay allocated until acknowledged, and a batch sized for 1 MiB
+/// may hold a few bytes: give the unused tail back (an in-place `realloc`
+/// for the allocator, no copy) so the window's 16 MiB of payload cannot
+/// pin a thousand times that in capacity.
+fn right_sized(buf: BytesMut) -> Bytes {
+    if buf.capacity() - buf.len() <= buf.len().max(RIGHT_SIZE_SLACK) {
+        return buf.freeze();
+    }
+    let mut v = Vec::from(buf);
+    v.shrink_to_fit();
+    Bytes::from(v)
+}
+
+/// Spare capacity a frame may keep without being shrunk.
+const RIGHT_SIZE_SLACK: usize = 16 * 1024;
+
+impl FrameBuf {}
 
 impl std::fmt::Debug for FrameBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -485,6 +503,19 @@ pub fn peek_message_type(buf: &[u8]) -> Result<MessageType, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_frames_are_right_sized_without_a_copy() {
+        for (capacity, fill) in [(1 << 20, 100), (1 << 20, 1 << 20), (4096, 10)] {
+            let mut b = BytesMut::with_capacity(capacity);
+            b.put_bytes(7, fill);
+            let at = b.as_ptr();
+            let out = right_sized(b);
+            assert_eq!(out.len(), fill);
+            assert!(out.iter().all(|&x| x == 7));
+            assert_eq!(out.as_ptr(), at, "capacity {capacity}, fill {fill}: copied");
+        }
+    }
     use proptest::prelude::*;
 
     const VECTOR: &str = "

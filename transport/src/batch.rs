@@ -20,6 +20,45 @@ pub fn out_queue_frames(chunk: usize) -> usize {
     (OUT_QUEUE_BYTES / chunk.max(1)).clamp(2, OUT_QUEUE_MAX_FRAMES)
 }
 
+/// The payload size one connection's first batch is read into.
+pub const FIRST_BATCH: usize = 64 * 1024;
+
+/// Sizes one connection's batches: they start at [`FIRST_BATCH`], double
+/// while they come back at least three quarters full, up to the session's
+/// largest payload, and halve when one comes back less than a quarter full
+/// (in between they stay, so a bulk stream does not oscillate). A bulk stream reaches 1 MiB
+/// batches within five reads, while a connection that trickles (or idles in
+/// a read) holds 64 KiB instead of a 1 MiB buffer: with 64 connections that
+/// was the larger part of the client's memory.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchSizer {
+    next: usize,
+    max: usize,
+}
+
+impl BatchSizer {
+    pub fn new(max: usize) -> Self {
+        BatchSizer {
+            next: FIRST_BATCH.min(max),
+            max,
+        }
+    }
+
+    /// The `chunk` for the next [`batch_buffer`].
+    pub fn next(&self) -> usize {
+        self.next
+    }
+
+    /// Feeds back how much of a `chunk`-sized batch was used.
+    pub fn record(&mut self, used: usize, chunk: usize) {
+        if used.saturating_mul(4) >= chunk.saturating_mul(3) {
+            self.next = self.next.saturating_mul(2).min(self.max);
+        } else if used.saturating_mul(4) < chunk {
+            self.next = (self.next / 2).max(FIRST_BATCH.min(self.max));
+        }
+    }
+}
+
 /// An empty buffer for [`read_psh_batch`] whose payload will fit `chunk`
 /// bytes on the wire, and the `max_payload` to read to. With `sealed` the
 /// payload starts with room for the end-to-end nonce and leaves room for the
@@ -112,6 +151,32 @@ pub async fn read_psh_batch<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_grow_while_full_and_shrink_when_not() {
+        let mut s = BatchSizer::new(1 << 20);
+        let mut seen = vec![s.next()];
+        while s.next() < 1 << 20 {
+            let chunk = s.next();
+            s.record(chunk, chunk);
+            seen.push(s.next());
+        }
+        assert_eq!(seen, [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20]);
+        s.record(1 << 20, 1 << 20);
+        assert_eq!(s.next(), 1 << 20, "capped at the session's payload");
+        s.record(600 << 10, 1 << 20);
+        assert_eq!(s.next(), 1 << 20, "half full keeps the size");
+        s.record(100, 1 << 20);
+        assert_eq!(s.next(), 512 << 10);
+        for _ in 0..10 {
+            s.record(10, s.next());
+        }
+        assert_eq!(s.next(), FIRST_BATCH);
+        // A stock peer's 1 KiB payloads are never exceeded.
+        let mut stock = BatchSizer::new(1024);
+        stock.record(1024, 1024);
+        assert_eq!(stock.next(), 1024);
+    }
 
     #[test]
     fn out_queue_is_bounded_in_bytes() {
