@@ -1,8 +1,8 @@
 //! Allocator settings for the long-running binaries.
 //!
-//! A busy tunnel allocates and frees a 64 KiB-plus buffer per frame at every
-//! hop (tungstenite's read buffer, frame encoding). With glibc's defaults
-//! those sizes land near the mmap and trim thresholds, so freed pages go back
+//! A busy tunnel allocates and frees a buffer of up to 1 MiB per frame at
+//! every hop (the batch read, the websocket payload, TLS records). With
+//! glibc's defaults those sizes land near the mmap and trim thresholds, so freed pages go back
 //! to the kernel and the next frame faults them in and clears them again:
 //! about one page fault per 4 KiB relayed (docs/PERFORMANCE.md). Raising both
 //! thresholds keeps the pages in the process.

@@ -184,12 +184,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             ..FrameHeader::default()
         };
         let len = payload.len();
-        let mut head = BytesMut::with_capacity(header.len(len as u64) + len.min(COALESCE_BELOW));
+        // What follows the header in the same buffer: a masked payload always
+        // (it is copied anyway), an unmasked one only when small.
+        let inline = match header.mask {
+            Some(_) => len,
+            None if len < COALESCE_BELOW => len,
+            None => 0,
+        };
+        let mut head = BytesMut::with_capacity(header.len(len as u64) + inline);
         // Formatting into memory cannot fail.
         let _ = header.format(len as u64, &mut (&mut head).writer());
         match header.mask {
             Some(key) => {
-                head.reserve(len);
                 mask_into(&mut head, &payload, key);
                 self.push_out(head.freeze());
             }
