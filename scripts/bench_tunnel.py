@@ -86,16 +86,17 @@ def listening(port):
     return False
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_seconds_each(pids):
+    each = []
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:
+            each.append(0.0)
             continue
         # utime stime cutime cstime (fields 14-17, counted from 1)
-        total += sum(int(f) for f in fields[11:15])
-    return total / CLK_TCK
+        each.append(sum(int(f) for f in fields[11:15]) / CLK_TCK)
+    return each
 
 
 def peak_rss_mib(pid):
@@ -165,7 +166,7 @@ class Bench:
         src = self.sparse(per)
         self.sink.stdin.write(f"{conns}\n".encode())
         self.sink.stdin.flush()
-        before = cpu_seconds(cpu_pids)
+        before = cpu_seconds_each(cpu_pids)
         senders = [subprocess.Popen(
             ["socat", "-u", "-b", "131072", f"OPEN:{src},rdonly", f"TCP:127.0.0.1:{port}"])
             for _ in range(conns)]
@@ -176,8 +177,9 @@ class Bench:
         total, secs = int(total), float(secs)
         if total != per * conns:
             raise SystemExit(f"sink got {total} bytes, expected {per * conns}")
-        cpu = cpu_seconds(cpu_pids) - before
-        return total / secs, cpu / (total / 1e9), int(lo), int(hi)
+        gb = total / 1e9
+        each = [(a - b) / gb for a, b in zip(cpu_seconds_each(cpu_pids), before)]
+        return total / secs, sum(each), int(lo), int(hi), each
 
     def socat_relay(self, target_port):
         port = free_port()
@@ -197,21 +199,22 @@ class Bench:
         cfg = self.tmp / "gateway.toml"
         cfg.write_text("[sessions]\nmax_per_target = 64\n")
         gw = self.spawn([str(BIN / "airlock-gateway"), "--config", str(cfg), "--data-dir",
-                         str(self.tmp / "gw"), "--listen", "127.0.0.1:0"],
+                         str(self.tmp / "gw"), "--listen", "127.0.0.1:0",
+                         *(["--insecure-http"] if self.args.no_tls else [])],
                         stdout=subprocess.PIPE, stderr=open(self.tmp / "gw.log", "wb"),
                         env={**os.environ, "RUST_LOG": "warn"})
         url = wait_line(gw, r"listening on (\S+)").group(1)
-        ca = wait_line(gw, r"AWS_CA_BUNDLE=(\S+)").group(1)
+        ca = None if self.args.no_tls else wait_line(gw, r"AWS_CA_BUNDLE=(\S+)").group(1)
         creds = wait_line(gw, r"admin credentials: (\S+)").group(1)
         text = Path(creds).read_text()
         key = re.search(r"aws_access_key_id\s*=\s*(\S+)", text).group(1)
         secret = re.search(r"aws_secret_access_key\s*=\s*(\S+)", text).group(1)
         ssm = boto3.client("ssm", endpoint_url=url, region_name="us-east-1",
-                           aws_access_key_id=key, aws_secret_access_key=secret, verify=ca,
+                           aws_access_key_id=key, aws_secret_access_key=secret, verify=ca if ca else True,
                            config=Config(retries={"max_attempts": 1}))
         if self.args.encrypt:
             kms = boto3.client("kms", endpoint_url=url, region_name="us-east-1",
-                               aws_access_key_id=key, aws_secret_access_key=secret, verify=ca,
+                               aws_access_key_id=key, aws_secret_access_key=secret, verify=ca if ca else True,
                                config=Config(retries={"max_attempts": 1}))
             key_id = kms.create_key(Description="bench")["KeyMetadata"]["KeyId"]
             kms.create_alias(AliasName="alias/bench", TargetKeyId=key_id)
@@ -221,7 +224,7 @@ class Bench:
                         '"inputs":{"kmsKeyId":"alias/bench","requireEncryption":true}}')
         act = ssm.create_activation(IamRole="AirlockManagedInstance")
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-               "AWS_CA_BUNDLE": ca, "AWS_SHARED_CREDENTIALS_FILE": creds,
+               **({"AWS_CA_BUNDLE": ca} if ca else {}), "AWS_SHARED_CREDENTIALS_FILE": creds,
                "AWS_CONFIG_FILE": str(self.tmp / "none"), "AWS_REGION": "us-east-1",
                "RUST_LOG": "warn"}
         out = subprocess.run([str(BIN / "airlock-agent"), "register", "--gateway", url,
@@ -256,6 +259,8 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--encrypt", action="store_true",
                     help="KMS end-to-end encryption on (kmsKeyId + requireEncryption)")
+    ap.add_argument("--no-tls", action="store_true",
+                    help="diagnostic: gateway on plain HTTP, to price TLS on the two legs")
     ap.add_argument("--perf", metavar="FILE",
                     help="only profile one airlock transfer with `perf record` into FILE")
     args = ap.parse_args()
@@ -303,9 +308,14 @@ def main():
                 results[(name, conns)] = rate
                 per_round[(name, conns)] = [r[0] for r in runs]
                 cpu_txt = f"{cpu:5.2f} CPU-s/GB" if pids else "      -       "
+                # Per-process medians show which relay costs what (socat2's two
+                # relays against the tunnel's client, gateway and agent).
+                split = "/".join(f"{statistics.median(r[4][i] for r in runs):.2f}"
+                                 for i in range(len(pids)))
                 print(f"{name:8} {conns:2} conn  {fmt_rate(rate)}  {cpu_txt}  "
                       f"runs: {', '.join(f'{r[0] / 1e9:.2f}' for r in runs)} GB/s"
-                      + (f"  min/max conn bytes {fair:.2f}" if conns > 1 else ""),
+                      + (f"  min/max conn bytes {fair:.2f}" if conns > 1 else "")
+                      + (f"  per process {split}" if pids else ""),
                       flush=True)
         print("peak RSS (VmHWM) after all runs: " + ", ".join(
             f"{name} {peak_rss_mib(pid):.0f} MiB"

@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -71,7 +70,7 @@ impl AppState {
 /// A configured gateway, ready to serve.
 pub struct Gateway {
     state: Arc<AppState>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     ca_path: PathBuf,
     admin_credentials: PathBuf,
 }
@@ -150,7 +149,7 @@ impl Gateway {
         let tls = if config.server.insecure_http {
             None
         } else {
-            Some(crate::tls::acceptor(&paths)?)
+            Some(crate::tls::server_config(&paths)?)
         };
 
         let recordings = crate::recordings::Recordings::new(&config.recordings, &dir)
@@ -234,17 +233,14 @@ impl Gateway {
             let shutdown = shutdown.clone();
             conns.spawn(async move {
                 match tls {
-                    Some(acc) => {
+                    Some(config) => {
                         let hs = tokio::time::timeout(
                             Duration::from_secs(15),
-                            acc.accept(airlock_transport::ws::buffered(tcp)),
+                            airlock_transport::tls_stream::accept(config, tcp),
                         )
                         .await;
                         match hs {
-                            Ok(Ok(mut stream)) => {
-                                stream.get_mut().1.set_buffer_limit(Some(
-                                    airlock_transport::tls::TLS_SEND_BUFFER,
-                                ));
+                            Ok(Ok(stream)) => {
                                 serve_conn(state, TokioIo::new(stream), true, peer, shutdown).await
                             }
                             Ok(Err(e)) => {

@@ -8,7 +8,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
-use tokio_rustls::TlsAcceptor;
 
 use crate::error::GatewayError;
 use crate::util::{create_private_dir, write_private};
@@ -95,8 +94,9 @@ pub fn ensure_material(data_dir: &Path) -> Result<TlsPaths, GatewayError> {
     Ok(paths)
 }
 
-/// A TLS acceptor for the server certificate (chain includes the CA).
-pub fn acceptor(paths: &TlsPaths) -> Result<TlsAcceptor, GatewayError> {
+/// The server's TLS settings (chain includes the CA). TLS 1.3 only: after
+/// the handshake `airlock_transport::tls_stream` takes over the record layer.
+pub fn server_config(paths: &TlsPaths) -> Result<Arc<rustls::ServerConfig>, GatewayError> {
     let mut chain = Vec::new();
     for p in [&paths.server_cert, &paths.ca_cert] {
         let pem = std::fs::read(p).map_err(|e| GatewayError::io(p, e))?;
@@ -110,7 +110,7 @@ pub fn acceptor(paths: &TlsPaths) -> Result<TlsAcceptor, GatewayError> {
         .map_err(|e| GatewayError::io(&paths.server_key, e))?
         .ok_or_else(|| GatewayError::Tls("no private key in server-key.pem".into()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(airlock_transport::tls::provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
@@ -118,7 +118,8 @@ pub fn acceptor(paths: &TlsPaths) -> Result<TlsAcceptor, GatewayError> {
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Our suite order, not the client's: see `airlock_transport::tls::provider`.
     cfg.ignore_client_order = true;
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
+    cfg.enable_secret_extraction = true;
+    Ok(Arc::new(cfg))
 }
 
 #[cfg(test)]
@@ -132,7 +133,7 @@ mod tests {
     async fn gateway_picks_aes_128_gcm_over_a_client_preferring_aes_256() {
         let dir = std::env::temp_dir().join(format!("airlock-tls-{}", uuid::Uuid::new_v4()));
         let paths = ensure_material(&dir).unwrap();
-        let acceptor = acceptor(&paths).unwrap();
+        let config = server_config(&paths).unwrap();
         let stock = rustls::crypto::ring::default_provider();
         assert_eq!(
             stock.cipher_suites[0].suite(),
@@ -148,8 +149,16 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let (near, far) = tokio::io::duplex(64 * 1024);
-        let server = tokio::spawn(async move { acceptor.accept(far).await.map(|_| ()) });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        let server = tokio::spawn(async move {
+            airlock_transport::tls_stream::accept(config, far)
+                .await
+                .map(|_| ())
+        });
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
             .connect(name, near)

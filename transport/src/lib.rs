@@ -1,6 +1,8 @@
 //! What the agent and the `airlock` CLI share on the client side of the wire.
 //!
 //! - [`tls`]: rustls client config (system roots + `AWS_CA_BUNDLE`).
+//! - [`tls_stream`]: TLS 1.3 with rustls's handshake and our own record
+//!   layer, for websockets (the gateway accepts with it too).
 //! - [`api`]: SigV4-signed AWS JSON 1.1 calls (`AmazonSSM.*`, `TrentService.*`)
 //!   and plain signed POSTs (`/v1/control-channel/..`).
 //! - [`ws`]: websocket connect over TCP or TLS.
@@ -12,15 +14,15 @@
 //! - [`batch`]: port-session reads that become payloads without copies.
 //!
 //! The gateway uses the socket-level pieces too, so both ends of a websocket
-//! read and allocate alike: [`ws`]'s settings, [`readahead`] under TLS and
-//! [`alloc`]'s allocator thresholds.
+//! read and allocate alike: [`ws`]'s settings, [`tls_stream`] and [`alloc`]'s
+//! allocator thresholds.
 
 pub mod alloc;
 pub mod api;
 pub mod batch;
 pub mod credentials;
 pub mod datachannel;
-pub mod readahead;
 pub mod tls;
+pub mod tls_stream;
 pub mod ws;
 pub mod wsconn;

@@ -30,14 +30,6 @@ pub const MAX_MESSAGE_SIZE: usize = 2 << 20;
 /// Time allowed for TCP connect + TLS + upgrade.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A TCP stream for use under TLS: reads go through a read-ahead buffer
-/// while the stream is busy (see [`crate::readahead`]); writes pass through.
-pub type BufferedTcp = crate::readahead::ReadAhead<TcpStream>;
-
-pub fn buffered(tcp: TcpStream) -> BufferedTcp {
-    crate::readahead::ReadAhead::new(tcp)
-}
-
 /// Largest upgrade response head read before giving up.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
@@ -108,15 +100,9 @@ impl Target {
         }
         let name = rustls::pki_types::ServerName::try_from(self.bare_host().to_string())
             .map_err(|e| format!("invalid server name: {e}"))?;
-        let connector = tokio_rustls::TlsConnector::from(tls.clone());
-        let mut stream = connector
-            .connect(name, buffered(tcp))
+        let stream = crate::tls_stream::connect(crate::tls_stream::client_config(tls), name, tcp)
             .await
             .map_err(|e| e.to_string())?;
-        stream
-            .get_mut()
-            .1
-            .set_buffer_limit(Some(crate::tls::TLS_SEND_BUFFER));
         Ok(Box::new(stream))
     }
 }

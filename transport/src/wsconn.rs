@@ -7,8 +7,10 @@
 //! stream into a buffer of exactly its length (and unmasked there while it is
 //! still in cache), and a message the gateway forwards goes out as a header
 //! plus the same `Bytes`, in one vectored write: the TLS layer's own copy into
-//! its records is the only one left. Clients must mask, so for them the copy
-//! and the XOR are one pass.
+//! its records is the only one left. Clients must mask: a large payload is
+//! masked at write time, a piece at a time into a small buffer that is still
+//! in cache when the TLS layer copies it into its records, rather than into
+//! a second copy of the whole payload.
 //!
 //! tungstenite's message, error and header types are reused, so callers see
 //! the same `Stream`/`Sink` they had.
@@ -43,6 +45,17 @@ const MAX_IOVECS: usize = 64;
 /// Largest control-frame payload (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
+/// Masked bytes handed to the stream per write: small enough to stay in
+/// cache between the XOR and the TLS layer's copy.
+const MASK_CHUNK: usize = 64 * 1024;
+
+/// Queued output: bytes to send as they are, or XORed with `mask` (the key
+/// rotated to where `bytes` starts in its payload).
+struct OutChunk {
+    bytes: Bytes,
+    mask: Option<[u8; 4]>,
+}
+
 /// A frame whose payload is still arriving.
 struct Incoming {
     opcode: OpCode,
@@ -65,7 +78,9 @@ pub struct WsConn<S> {
     fragments: Option<(Data, BytesMut)>,
     /// The peer's close frame arrived, or the stream ended.
     read_done: bool,
-    out: VecDeque<Bytes>,
+    out: VecDeque<OutChunk>,
+    /// Where a large masked payload is masked, [`MASK_CHUNK`] at a time.
+    mask_scratch: BytesMut,
     out_len: usize,
     /// Only the latest ping is answered, so a ping flood cannot queue
     /// unbounded pongs while our writes are blocked.
@@ -118,6 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             fragments: None,
             read_done: false,
             out: VecDeque::new(),
+            mask_scratch: BytesMut::new(),
             out_len: 0,
             pong: None,
             close_sent: false,
@@ -184,35 +200,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             ..FrameHeader::default()
         };
         let len = payload.len();
-        // What follows the header in the same buffer: a masked payload always
-        // (it is copied anyway), an unmasked one only when small.
-        let inline = match header.mask {
-            Some(_) => len,
-            None if len < COALESCE_BELOW => len,
-            None => 0,
-        };
+        // A small payload shares its header's buffer (masked on the way in);
+        // a large one is queued as it is and masked when written.
+        let inline = if len < COALESCE_BELOW { len } else { 0 };
         let mut head = BytesMut::with_capacity(header.len(len as u64) + inline);
         // Formatting into memory cannot fail.
         let _ = header.format(len as u64, &mut (&mut head).writer());
-        match header.mask {
-            Some(key) => {
-                mask_into(&mut head, &payload, key);
-                self.push_out(head.freeze());
+        if len < COALESCE_BELOW {
+            match header.mask {
+                Some(key) => mask_into(&mut head, &payload, key),
+                None => head.put_slice(&payload),
             }
-            None if len < COALESCE_BELOW => {
-                head.put_slice(&payload);
-                self.push_out(head.freeze());
-            }
-            None => {
-                self.push_out(head.freeze());
-                self.push_out(payload);
-            }
+            self.push_out(head.freeze(), None);
+        } else {
+            self.push_out(head.freeze(), None);
+            self.push_out(payload, header.mask);
         }
     }
 
-    fn push_out(&mut self, b: Bytes) {
-        self.out_len += b.len();
-        self.out.push_back(b);
+    fn push_out(&mut self, bytes: Bytes, mask: Option<[u8; 4]>) {
+        self.out_len += bytes.len();
+        self.out.push_back(OutChunk { bytes, mask });
     }
 
     /// Writes queued bytes until none are left or the stream blocks.
@@ -225,9 +233,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         while !self.out.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
+            // Plain chunks as they are; the first masked one ends the batch
+            // with up to MASK_CHUNK of it masked into the scratch buffer.
             for (slot, chunk) in slices.iter_mut().zip(self.out.iter()) {
-                *slot = IoSlice::new(chunk);
                 count += 1;
+                match chunk.mask {
+                    None => *slot = IoSlice::new(&chunk.bytes),
+                    Some(key) => {
+                        let take = chunk.bytes.len().min(MASK_CHUNK);
+                        self.mask_scratch.clear();
+                        mask_into(&mut self.mask_scratch, &chunk.bytes[..take], key);
+                        *slot = IoSlice::new(&self.mask_scratch);
+                        break;
+                    }
+                }
             }
             let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
             if n == 0 {
@@ -239,15 +258,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                 let Some(front) = self.out.front_mut() else {
                     break;
                 };
-                if front.len() <= left {
-                    left -= front.len();
+                if front.bytes.len() <= left {
+                    left -= front.bytes.len();
                     self.out.pop_front();
                 } else {
-                    front.advance(left);
+                    front.bytes.advance(left);
+                    front.mask = front.mask.map(|key| rotated(key, left));
                     left = 0;
                 }
             }
         }
+        // The scratch buffer lives only while masked output is queued.
+        self.mask_scratch = BytesMut::new();
         Poll::Ready(Ok(()))
     }
 

@@ -1,0 +1,1060 @@
+//! TLS 1.3 over TCP with rustls for the handshake and the record layer here.
+//!
+//! rustls's buffered connection copies every received byte three times in
+//! user space (into its deframer, out of it into a per-record `Vec`, and out
+//! of that into the reader's buffer) and allocates per record; on a tunnel
+//! relaying a gigabyte that was about half of the gateway's CPU. rustls's
+//! kernel-offload API (`dangerous_into_kernel_connection`, made for kTLS)
+//! hands over the traffic keys once the handshake is done and keeps doing
+//! what only it should: deriving the next keys on a KeyUpdate and taking
+//! session tickets. This module is the "kernel": records are read straight
+//! into one buffer, opened in place with ring, and copied once into the
+//! caller's buffer; outgoing data is copied once into the record buffer and
+//! sealed there (RFC 8446 §5.2–5.5).
+//!
+//! TLS 1.3 only: the handshake fails cleanly on a peer offering only 1.2.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use ring::aead;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+const HEADER_LEN: usize = 5;
+const TAG_LEN: usize = 16;
+/// Largest plaintext in one record (RFC 8446 §5.1).
+const MAX_PLAINTEXT: usize = 1 << 14;
+/// Largest record body a peer may send (§5.2: plaintext + type + padding + tag).
+const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
+const MAX_RECORD: usize = HEADER_LEN + MAX_CIPHERTEXT;
+
+const CONTENT_ALERT: u8 = 21;
+const CONTENT_HANDSHAKE: u8 = 22;
+const CONTENT_APPLICATION_DATA: u8 = 23;
+const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
+const HANDSHAKE_KEY_UPDATE: u8 = 24;
+const ALERT_CLOSE_NOTIFY: u8 = 0;
+
+/// Receive buffer while busy: several records per `recv`, and under glibc's
+/// mmap threshold so it comes from the heap rather than fresh pages.
+const READ_BUF: usize = 112 * 1024;
+/// A read returning less than this is a quiet one.
+const QUIET_READ: usize = 4 * 1024;
+/// Quiet reads in a row after which an empty receive buffer is dropped, so
+/// idle connections (agents' control channels) hold no buffer.
+const QUIET_READS: u8 = 16;
+/// Ciphertext held for the socket before a write waits.
+pub const SEND_BUFFER: usize = crate::tls::TLS_SEND_BUFFER;
+/// Handshake bytes buffered at most (a certificate chain spans records).
+const MAX_HANDSHAKE_BUF: usize = 256 * 1024;
+/// Application data that arrived with the handshake's last flight, at most.
+const MAX_EARLY_PLAINTEXT: usize = 64 * 1024;
+/// Records sealed under one key before we roll it (RFC 8446 §5.5 puts
+/// AES-GCM's limit at 2^24.5 full records).
+const KEY_UPDATE_AFTER: u64 = if cfg!(test) { 64 } else { 1 << 24 };
+
+/// Handshake timeouts are the caller's (wrap `accept`/`connect`).
+pub async fn accept(config: Arc<rustls::ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+    let mut conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    let mut tcp = tcp;
+    let done = handshake(&mut tcp, &mut conn).await?;
+    let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+    TlsStream::new(tcp, Kernel::Server(kernel), secrets, done)
+}
+
+pub async fn connect(
+    config: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+    tcp: TcpStream,
+) -> io::Result<TlsStream> {
+    let mut conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
+    let mut tcp = tcp;
+    let done = handshake(&mut tcp, &mut conn).await?;
+    let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+    TlsStream::new(tcp, Kernel::Client(kernel), secrets, done)
+}
+
+/// A client config usable with [`connect`]: the same roots and settings,
+/// with the traffic keys released to this module after the handshake.
+pub fn client_config(base: &Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
+    if base.enable_secret_extraction {
+        return base.clone();
+    }
+    let mut cfg = (**base).clone();
+    cfg.enable_secret_extraction = true;
+    Arc::new(cfg)
+}
+
+enum Kernel {
+    Client(KernelConnection<ClientConnectionData>),
+    Server(KernelConnection<ServerConnectionData>),
+}
+
+impl Kernel {
+    fn update_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Kernel::Client(k) => k.update_rx_secret(),
+            Kernel::Server(k) => k.update_rx_secret(),
+        }
+    }
+
+    fn update_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Kernel::Client(k) => k.update_tx_secret(),
+            Kernel::Server(k) => k.update_tx_secret(),
+        }
+    }
+
+    fn version(&self) -> ProtocolVersion {
+        match self {
+            Kernel::Client(k) => k.protocol_version(),
+            Kernel::Server(k) => k.protocol_version(),
+        }
+    }
+}
+
+/// One direction's key and sequence number.
+struct RecordKey {
+    key: aead::LessSafeKey,
+    iv: [u8; aead::NONCE_LEN],
+    seq: u64,
+}
+
+impl RecordKey {
+    fn new((seq, secrets): (u64, ConnectionTrafficSecrets)) -> io::Result<RecordKey> {
+        let (alg, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (&aead::CHACHA20_POLY1305, key, iv)
+            }
+            _ => return Err(io::Error::other("TLS: unsupported cipher suite")),
+        };
+        let key = aead::UnboundKey::new(alg, key.as_ref())
+            .map_err(|_| io::Error::other("TLS: bad traffic key length"))?;
+        let iv: [u8; aead::NONCE_LEN] = iv
+            .as_ref()
+            .try_into()
+            .map_err(|_| io::Error::other("TLS: bad IV length"))?;
+        Ok(RecordKey {
+            key: aead::LessSafeKey::new(key),
+            iv,
+            seq,
+        })
+    }
+
+    /// The per-record nonce (§5.3): the IV XORed with the sequence number,
+    /// which then advances. A wrapped sequence number would reuse nonces.
+    fn next_nonce(&mut self) -> io::Result<aead::Nonce> {
+        let mut nonce = self.iv;
+        for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        self.seq = self
+            .seq
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("TLS: record sequence number exhausted"))?;
+        Ok(aead::Nonce::assume_unique_for_key(nonce))
+    }
+}
+
+/// What the handshake left behind for the record layer.
+struct Handshaken {
+    /// Ciphertext read past the last handshake record.
+    ciphertext: Vec<u8>,
+    /// Application data decrypted by rustls along with the last flight.
+    plaintext: Vec<u8>,
+}
+
+trait Unbuffered {
+    type Data;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Unbuffered for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, ClientConnectionData> {
+        self.process_tls_records(incoming)
+    }
+}
+
+impl Unbuffered for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, ServerConnectionData> {
+        self.process_tls_records(incoming)
+    }
+}
+
+/// Drives rustls's unbuffered connection until it may send application data
+/// with nothing left to transmit: the point where the keys may be handed over.
+async fn handshake<C: Unbuffered>(tcp: &mut TcpStream, conn: &mut C) -> io::Result<Handshaken> {
+    let mut incoming = vec![0u8; MAX_RECORD];
+    let mut used = 0usize;
+    let mut outgoing = vec![0u8; MAX_RECORD];
+    let mut out_used = 0usize;
+    let mut plaintext = Vec::new();
+    loop {
+        let UnbufferedStatus { mut discard, state } = conn.process(&mut incoming[..used]);
+        let mut read_more = false;
+        let mut transmit = false;
+        let mut finished = false;
+        match state.map_err(tls_error)? {
+            ConnectionState::EncodeTlsData(mut encoder) => loop {
+                match encoder.encode(&mut outgoing[out_used..]) {
+                    Ok(n) => {
+                        out_used += n;
+                        break;
+                    }
+                    Err(EncodeError::InsufficientSize(e)) => {
+                        if out_used + e.required_size > MAX_HANDSHAKE_BUF {
+                            return Err(io::Error::other("TLS: handshake flight too large"));
+                        }
+                        outgoing.resize(out_used + e.required_size, 0);
+                    }
+                    Err(e) => return Err(io::Error::other(format!("TLS: {e}"))),
+                }
+            },
+            ConnectionState::TransmitTlsData(done) => {
+                done.done();
+                transmit = true;
+            }
+            ConnectionState::BlockedHandshake => read_more = true,
+            ConnectionState::ReadTraffic(mut records) => {
+                while let Some(record) = records.next_record() {
+                    let record = record.map_err(tls_error)?;
+                    discard += record.discard;
+                    if plaintext.len() + record.payload.len() > MAX_EARLY_PLAINTEXT {
+                        return Err(io::Error::other("TLS: too much data during the handshake"));
+                    }
+                    plaintext.extend_from_slice(record.payload);
+                }
+            }
+            ConnectionState::WriteTraffic(_) => finished = true,
+            ConnectionState::PeerClosed | ConnectionState::Closed => {
+                return Err(io::ErrorKind::UnexpectedEof.into())
+            }
+            other => {
+                return Err(io::Error::other(format!(
+                    "TLS: unexpected state {other:?} during the handshake"
+                )))
+            }
+        }
+        if discard > 0 {
+            incoming.copy_within(discard..used, 0);
+            used -= discard;
+        }
+        if transmit {
+            tcp.write_all(&outgoing[..out_used]).await?;
+            out_used = 0;
+        }
+        if finished {
+            // Anything flushed already; nothing encoded can be pending here
+            // (rustls reports EncodeTlsData before WriteTraffic).
+            incoming.truncate(used);
+            return Ok(Handshaken {
+                ciphertext: incoming,
+                plaintext,
+            });
+        }
+        if read_more {
+            if used == incoming.len() {
+                if incoming.len() >= MAX_HANDSHAKE_BUF {
+                    return Err(io::Error::other("TLS: handshake message too large"));
+                }
+                incoming.resize((incoming.len() * 2).min(MAX_HANDSHAKE_BUF), 0);
+            }
+            let n = tcp.read(&mut incoming[used..]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            used += n;
+        }
+    }
+}
+
+/// A TLS 1.3 stream after the handshake. Reads and writes are independent
+/// (one task may read while another writes through a split).
+pub struct TlsStream {
+    tcp: TcpStream,
+    kernel: Kernel,
+    rx: RecordKey,
+    tx: RecordKey,
+    /// Received bytes: `[plain]` decrypted and not yet read, then
+    /// `[cipher_start..cipher_end)` not yet opened. Empty and unallocated
+    /// while the connection is quiet.
+    rbuf: Vec<u8>,
+    plain_start: usize,
+    plain_end: usize,
+    cipher_start: usize,
+    cipher_end: usize,
+    quiet_reads: u8,
+    /// close_notify received: reads return end of stream.
+    read_closed: bool,
+    /// Sealed records not yet taken by the socket, from `wpos`.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    close_sent: bool,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys stay out of Debug output.
+        f.debug_struct("TlsStream")
+            .field("peer", &self.tcp.peer_addr().ok())
+            .field("rx_seq", &self.rx.seq)
+            .field("tx_seq", &self.tx.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsStream {
+    fn new(
+        tcp: TcpStream,
+        kernel: Kernel,
+        secrets: rustls::ExtractedSecrets,
+        done: Handshaken,
+    ) -> io::Result<TlsStream> {
+        if kernel.version() != ProtocolVersion::TLSv1_3 {
+            return Err(io::Error::other(
+                "TLS: the peer negotiated TLS 1.2; Airlock needs TLS 1.3",
+            ));
+        }
+        let rx = RecordKey::new(secrets.rx)?;
+        let tx = RecordKey::new(secrets.tx)?;
+        // The early plaintext goes first in the receive buffer, the
+        // unopened ciphertext right after it.
+        let mut rbuf = done.plaintext;
+        let plain_end = rbuf.len();
+        rbuf.extend_from_slice(&done.ciphertext);
+        let cipher_end = rbuf.len();
+        Ok(TlsStream {
+            tcp,
+            kernel,
+            rx,
+            tx,
+            rbuf,
+            plain_start: 0,
+            plain_end,
+            cipher_start: plain_end,
+            cipher_end,
+            quiet_reads: 0,
+            read_closed: false,
+            wbuf: Vec::new(),
+            wpos: 0,
+            close_sent: false,
+        })
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Opens the next complete record in the buffer, if there is one.
+    /// Application data becomes the readable plaintext; alerts and
+    /// post-handshake messages are handled here.
+    fn open_record(&mut self) -> io::Result<bool> {
+        let avail = self.cipher_end - self.cipher_start;
+        if avail < HEADER_LEN {
+            return Ok(false);
+        }
+        let at = self.cipher_start;
+        let header: [u8; HEADER_LEN] = self.rbuf[at..at + HEADER_LEN].try_into().unwrap();
+        let len = u16::from_be_bytes([header[3], header[4]]) as usize;
+        // After the handshake every TLS 1.3 record is an encrypted one.
+        if header[0] != CONTENT_APPLICATION_DATA {
+            return Err(protocol_error("unexpected record type after the handshake"));
+        }
+        if len > MAX_CIPHERTEXT {
+            return Err(protocol_error("record too large"));
+        }
+        if len < TAG_LEN + 1 {
+            return Err(protocol_error("record too short"));
+        }
+        if avail < HEADER_LEN + len {
+            return Ok(false);
+        }
+        let body = at + HEADER_LEN..at + HEADER_LEN + len;
+        let nonce = self.rx.next_nonce()?;
+        let opened = self
+            .rx
+            .key
+            .open_in_place(nonce, aead::Aad::from(header), &mut self.rbuf[body.clone()])
+            .map_err(|_| protocol_error("record failed authentication"))?;
+        // TLSInnerPlaintext: content, the real type, then zero padding.
+        let Some(type_at) = opened.iter().rposition(|&b| b != 0) else {
+            return Err(protocol_error("record without a content type"));
+        };
+        let content_type = opened[type_at];
+        if type_at > MAX_PLAINTEXT {
+            return Err(protocol_error("record plaintext too large"));
+        }
+        self.cipher_start = body.end;
+        let content = body.start..body.start + type_at;
+        match content_type {
+            CONTENT_APPLICATION_DATA => {
+                self.plain_start = content.start;
+                self.plain_end = content.end;
+            }
+            CONTENT_ALERT => {
+                let alert = &self.rbuf[content];
+                if alert.len() != 2 {
+                    return Err(protocol_error("malformed alert"));
+                }
+                if alert[1] == ALERT_CLOSE_NOTIFY {
+                    self.read_closed = true;
+                } else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("TLS: peer sent alert {}", alert[1]),
+                    ));
+                }
+            }
+            CONTENT_HANDSHAKE => {
+                let message = self.rbuf[content].to_vec();
+                self.post_handshake(&message)?;
+            }
+            _ => return Err(protocol_error("unexpected content type")),
+        }
+        Ok(true)
+    }
+
+    /// [`Self::open_record`], then sends a KeyUpdate reply it queued.
+    fn open_next(&mut self) -> io::Result<bool> {
+        let opened = self.open_record()?;
+        if self.pending_write() > 0 {
+            self.try_drain();
+        }
+        Ok(opened)
+    }
+
+    fn post_handshake(&mut self, mut messages: &[u8]) -> io::Result<()> {
+        while !messages.is_empty() {
+            if messages.len() < 4 {
+                return Err(protocol_error("truncated handshake message"));
+            }
+            let typ = messages[0];
+            let len = u32::from_be_bytes([0, messages[1], messages[2], messages[3]]) as usize;
+            // Peers send each post-handshake message whole in one record;
+            // one spanning records is refused rather than reassembled.
+            let Some(body) = messages.get(4..4 + len) else {
+                return Err(protocol_error("fragmented post-handshake message"));
+            };
+            match (typ, &mut self.kernel) {
+                (HANDSHAKE_NEW_SESSION_TICKET, Kernel::Client(k)) => {
+                    k.handle_new_session_ticket(body).map_err(tls_error)?
+                }
+                (HANDSHAKE_KEY_UPDATE, _) => {
+                    let request_update = match body {
+                        [0] => false,
+                        [1] => true,
+                        _ => return Err(protocol_error("malformed KeyUpdate")),
+                    };
+                    if messages.len() != 4 + len {
+                        // §5.1: a key change must end its record.
+                        return Err(protocol_error("data after KeyUpdate in one record"));
+                    }
+                    self.rx = RecordKey::new(self.kernel.update_rx().map_err(tls_error)?)?;
+                    if request_update {
+                        self.send_key_update()?;
+                    }
+                }
+                _ => return Err(protocol_error("unexpected post-handshake message")),
+            }
+            messages = &messages[4 + len..];
+        }
+        Ok(())
+    }
+
+    /// Seals one record of `content_type` from `parts` (gathered in order,
+    /// at most [`MAX_PLAINTEXT`] bytes) onto the send buffer.
+    fn seal_record(&mut self, parts: &[&[u8]], content_type: u8) -> io::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        debug_assert!(len <= MAX_PLAINTEXT);
+        let start = self.wbuf.len();
+        let body_len = len + 1 + TAG_LEN;
+        let header = [
+            CONTENT_APPLICATION_DATA,
+            3,
+            3,
+            (body_len >> 8) as u8,
+            body_len as u8,
+        ];
+        self.wbuf.reserve(HEADER_LEN + body_len);
+        self.wbuf.extend_from_slice(&header);
+        for part in parts {
+            self.wbuf.extend_from_slice(part);
+        }
+        self.wbuf.push(content_type);
+        let nonce = self.tx.next_nonce()?;
+        let tag = self
+            .tx
+            .key
+            .seal_in_place_separate_tag(
+                nonce,
+                aead::Aad::from(header),
+                &mut self.wbuf[start + HEADER_LEN..],
+            )
+            .map_err(|_| io::Error::other("TLS: seal failed"))?;
+        self.wbuf.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Announces and switches to our next traffic key (§4.6.3).
+    fn send_key_update(&mut self) -> io::Result<()> {
+        self.seal_record(&[&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]], CONTENT_HANDSHAKE)?;
+        self.tx = RecordKey::new(self.kernel.update_tx().map_err(tls_error)?)?;
+        Ok(())
+    }
+
+    fn pending_write(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Writes buffered records until the buffer is empty or the socket is full.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.wbuf[self.wpos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wpos += n;
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Without registering a waker: the reading side uses this for a
+    /// KeyUpdate reply, and must not take the writer's wake-up.
+    fn try_drain(&mut self) {
+        while self.wpos < self.wbuf.len() {
+            match self.tcp.try_write(&self.wbuf[self.wpos..]) {
+                Ok(n) if n > 0 => self.wpos += n,
+                _ => return,
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+    }
+
+    /// Reads more ciphertext; `Ok(0)` is the peer closing TCP. The buffer
+    /// is allocated only once the socket is readable, so a connection
+    /// waiting quietly holds none.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.cipher_start == self.cipher_end {
+            self.cipher_start = 0;
+            self.cipher_end = 0;
+        }
+        loop {
+            if self.rbuf.len() < READ_BUF {
+                if self.rbuf.is_empty() {
+                    ready!(self.tcp.poll_read_ready(cx))?;
+                }
+                self.rbuf.resize(READ_BUF, 0);
+            }
+            // Every complete record is opened before a read, so what is
+            // left is under one record; moving it down keeps reads large.
+            if self.cipher_start > 0 && self.rbuf.len() - self.cipher_end < READ_BUF / 2 {
+                self.rbuf.copy_within(self.cipher_start..self.cipher_end, 0);
+                self.cipher_end -= self.cipher_start;
+                self.cipher_start = 0;
+            }
+            debug_assert!(self.cipher_end < self.rbuf.len());
+            match self.tcp.try_read(&mut self.rbuf[self.cipher_end..]) {
+                Ok(n) => {
+                    self.cipher_end += n;
+                    if n < QUIET_READ {
+                        self.quiet_reads = self.quiet_reads.saturating_add(1);
+                    } else {
+                        self.quiet_reads = 0;
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.cipher_end == 0 && self.quiet_reads >= QUIET_READS {
+                        self.rbuf = Vec::new();
+                    }
+                    ready!(self.tcp.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.plain_start < this.plain_end {
+                let n = buf.remaining().min(this.plain_end - this.plain_start);
+                buf.put_slice(&this.rbuf[this.plain_start..this.plain_start + n]);
+                this.plain_start += n;
+                // Copy on from the next records while the caller has room:
+                // fewer round trips through the task for large reads.
+                if buf.remaining() == 0 || this.plain_start < this.plain_end {
+                    return Poll::Ready(Ok(()));
+                }
+                match this.open_next() {
+                    Ok(true) => continue,
+                    Ok(false) => return Poll::Ready(Ok(())),
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if this.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            if this.open_next()? {
+                continue;
+            }
+            let n = ready!(this.poll_fill(cx))?;
+            if n == 0 {
+                if this.cipher_end > this.cipher_start {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "TLS: connection closed inside a record",
+                    )));
+                }
+                // TCP closed without close_notify. The protocols carried
+                // here (HTTP/1.1, websocket) frame their own messages, so a
+                // truncation shows up there; report a plain end of stream.
+                this.read_closed = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.close_sent {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if this.pending_write() >= SEND_BUFFER {
+            match this.poll_drain(cx) {
+                Poll::Ready(r) => r?,
+                Poll::Pending if this.pending_write() >= SEND_BUFFER => return Poll::Pending,
+                Poll::Pending => {}
+            }
+        }
+        // Written bytes stay at the front until the buffer empties; move
+        // the unsent tail down once it is shorter than what was sent.
+        if this.wpos > 0 && this.wpos >= this.pending_write() {
+            this.wbuf.copy_within(this.wpos.., 0);
+            this.wbuf.truncate(this.wbuf.len() - this.wpos);
+            this.wpos = 0;
+        }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let room = SEND_BUFFER - this.pending_write().min(SEND_BUFFER);
+        // Plaintext that fits the room once framed, at least one record.
+        let records_room = (room / (MAX_PLAINTEXT + HEADER_LEN + 1 + TAG_LEN)).max(1);
+        let mut budget = total.min(records_room * MAX_PLAINTEXT);
+        let accepted = budget;
+        let mut slices = bufs.iter().map(|b| &b[..]).filter(|b| !b.is_empty());
+        let mut current: &[u8] = slices.next().unwrap_or(&[]);
+        while budget > 0 {
+            let record_len = budget.min(MAX_PLAINTEXT);
+            let mut parts: [&[u8]; 8] = [&[]; 8];
+            let mut n_parts = 0;
+            let mut filled = 0;
+            while filled < record_len {
+                if current.is_empty() {
+                    current = slices.next().unwrap_or(&[]);
+                    continue;
+                }
+                if n_parts == parts.len() {
+                    break;
+                }
+                let take = current.len().min(record_len - filled);
+                parts[n_parts] = &current[..take];
+                n_parts += 1;
+                current = &current[take..];
+                filled += take;
+            }
+            this.seal_record(&parts[..n_parts], CONTENT_APPLICATION_DATA)?;
+            budget -= filled;
+            if filled < record_len {
+                // Too many tiny slices for one record: report what was taken.
+                let accepted = accepted - budget;
+                this.after_seal(cx)?;
+                return Poll::Ready(Ok(accepted));
+            }
+        }
+        this.after_seal(cx)?;
+        Poll::Ready(Ok(accepted))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.close_sent {
+            self.close_sent = true;
+            self.seal_record(&[&[1, ALERT_CLOSE_NOTIFY]], CONTENT_ALERT)?;
+        }
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+impl TlsStream {
+    /// After sealing: roll the key when due, then hand the socket what it
+    /// takes now (the waker is registered if it takes nothing, which is
+    /// harmless: the caller was told its bytes were accepted).
+    fn after_seal(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.tx.seq >= KEY_UPDATE_AFTER {
+            self.send_key_update()?;
+        }
+        match self.poll_drain(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+}
+
+fn protocol_error(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn noise(n: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    struct Configs {
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+        ca: rustls::pki_types::CertificateDer<'static>,
+    }
+
+    fn configs() -> Configs {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        server.enable_secret_extraction = true;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Configs {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            ca: ck.cert.der().clone(),
+        }
+    }
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        (near, far)
+    }
+
+    fn localhost() -> ServerName<'static> {
+        ServerName::try_from("localhost").unwrap()
+    }
+
+    /// Writes `data` in uneven vectored pieces, then closes with close_notify.
+    async fn write_unevenly<W: AsyncWrite + Unpin>(mut w: W, data: Vec<u8>, seed: u32) {
+        let sizes = noise(4096, seed);
+        let (mut at, mut i) = (0, 0);
+        while at < data.len() {
+            let a = (sizes[i % sizes.len()] as usize * 331).min(data.len() - at);
+            let b = (sizes[(i + 1) % sizes.len()] as usize * 97).min(data.len() - at - a);
+            let bufs = [
+                io::IoSlice::new(&data[at..at + a]),
+                io::IoSlice::new(&data[at + a..at + a + b]),
+            ];
+            let n = w.write_vectored(&bufs).await.unwrap();
+            at += n;
+            i += 2;
+        }
+        w.shutdown().await.unwrap();
+    }
+
+    async fn read_all<R: AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn our_ends_carry_both_directions_at_once_and_close_cleanly() {
+        let cfg = configs();
+        let (near, far) = tcp_pair().await;
+        let server = tokio::spawn(accept(cfg.server.clone(), far));
+        let client = connect(client_config(&cfg.client), localhost(), near)
+            .await
+            .unwrap();
+        let server = server.await.unwrap().unwrap();
+        let up = noise(3 << 20, 7);
+        let down = noise((2 << 20) + 12345, 11);
+        let (cr, cw) = tokio::io::split(client);
+        let (sr, sw) = tokio::io::split(server);
+        let (got_up, got_down, _, _) = tokio::join!(
+            read_all(sr),
+            read_all(cr),
+            write_unevenly(cw, up.clone(), 3),
+            write_unevenly(sw, down.clone(), 5),
+        );
+        assert!(got_up == up, "client to server bytes differ");
+        assert!(got_down == down, "server to client bytes differ");
+    }
+
+    /// Echoes until close_notify, then closes.
+    async fn echo(stream: TlsStream) {
+        let (mut r, mut w) = tokio::io::split(stream);
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    }
+
+    /// Sends two halves with a KeyUpdate request between them and checks the
+    /// echo, over any stream whose rustls connection can be reached.
+    async fn send_roll_and_check<T: AsyncRead + AsyncWrite + Unpin>(
+        stream: T,
+        mut refresh: impl FnMut(&mut T),
+    ) {
+        let mut stream = stream;
+        let data = noise(2 << 20, 23);
+        let reader_data = data.clone();
+        // rustls's stream cannot be split and read while written here, so
+        // writes go in pieces with the echo read back in between.
+        let mut echoed = Vec::with_capacity(data.len());
+        let mut buf = vec![0u8; 64 * 1024];
+        for (i, piece) in data.chunks(256 * 1024).enumerate() {
+            if i == 4 {
+                refresh(&mut stream);
+            }
+            stream.write_all(piece).await.unwrap();
+            stream.flush().await.unwrap();
+            let want = echoed.len() + piece.len();
+            while echoed.len() < want {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "echo ended early");
+                echoed.extend_from_slice(&buf[..n]);
+            }
+        }
+        stream.shutdown().await.unwrap();
+        let n = stream.read(&mut buf).await.unwrap();
+        assert_eq!(n, 0, "close_notify answered with end of stream");
+        assert!(echoed == reader_data, "echo differs");
+    }
+
+    /// Against rustls's own buffered connection in both roles: its KeyUpdate
+    /// requests are answered, ours (every 64 records under test) accepted,
+    /// its session tickets taken, close_notify both ways.
+    #[tokio::test]
+    async fn interoperates_with_buffered_rustls_through_key_updates() {
+        let cfg = configs();
+
+        let (near, far) = tcp_pair().await;
+        let server_config = cfg.server.clone();
+        let server = tokio::spawn(async move {
+            echo(accept(server_config, far).await?).await;
+            Ok::<_, io::Error>(())
+        });
+        let stock = tokio_rustls::TlsConnector::from(cfg.client.clone())
+            .connect(localhost(), near)
+            .await
+            .unwrap();
+        send_roll_and_check(stock, |s| s.get_mut().1.refresh_traffic_keys().unwrap()).await;
+        server.await.unwrap().unwrap();
+
+        // rustls as the server (it sends session tickets after the handshake).
+        let mut stock_server = (*cfg.server).clone();
+        stock_server.enable_secret_extraction = false;
+        let (near, far) = tcp_pair().await;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(stock_server));
+        let client_cfg = client_config(&cfg.client);
+        let ours = tokio::spawn(async move {
+            echo(connect(client_cfg, localhost(), near).await?).await;
+            Ok::<_, io::Error>(())
+        });
+        let stock = acceptor.accept(far).await.unwrap();
+        send_roll_and_check(stock, |s| s.get_mut().1.refresh_traffic_keys().unwrap()).await;
+        ours.await.unwrap().unwrap();
+    }
+
+    /// A byte flipped on the wire is a read error, and nothing read before
+    /// it differs from what was sent.
+    #[tokio::test]
+    async fn tampered_record_is_an_error_not_data() {
+        let cfg = configs();
+        let (near, relay_near) = tcp_pair().await;
+        let (relay_far, far) = tcp_pair().await;
+        // Relay client to server flipping one byte well past the handshake
+        // (the client's flights are a few hundred bytes), and back untouched.
+        tokio::spawn(async move {
+            let (mut a_r, mut a_w) = relay_near.into_split();
+            let (mut b_r, mut b_w) = relay_far.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut b_r, &mut a_w).await;
+            });
+            let mut seen = 0usize;
+            let mut buf = vec![0u8; 8192];
+            loop {
+                let n = match a_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if (seen..seen + n).contains(&50_000) {
+                    buf[50_000 - seen] ^= 0x40;
+                }
+                seen += n;
+                if b_w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let server = tokio::spawn(accept(cfg.server.clone(), far));
+        let mut client = connect(client_config(&cfg.client), localhost(), near)
+            .await
+            .unwrap();
+        let mut server = server.await.unwrap().unwrap();
+        let data = noise(200_000, 31);
+        let sent = data.clone();
+        tokio::spawn(async move {
+            let _ = client.write_all(&data).await;
+            let _ = client.flush().await;
+            // Hold the connection open until the server gives up.
+            let mut b = [0u8; 1];
+            let _ = client.read(&mut b).await;
+        });
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 10_000];
+        let err = loop {
+            match server.read(&mut buf).await {
+                Ok(0) => panic!("clean end of stream after a tampered record"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(
+            got.len() < 50_000,
+            "bytes past the flipped one were delivered"
+        );
+        assert!(
+            sent.starts_with(&got),
+            "delivered bytes differ from sent ones"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tls12_only_client_is_refused() {
+        let cfg = configs();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cfg.ca.clone()).unwrap();
+        let old = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (near, far) = tcp_pair().await;
+        let server = tokio::spawn(accept(cfg.server.clone(), far));
+        let client = tokio_rustls::TlsConnector::from(Arc::new(old))
+            .connect(localhost(), near)
+            .await;
+        assert!(client.is_err());
+        assert!(server.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_gives_its_read_buffer_back() {
+        let cfg = configs();
+        let (near, far) = tcp_pair().await;
+        let server = tokio::spawn(accept(cfg.server.clone(), far));
+        let mut client = connect(client_config(&cfg.client), localhost(), near)
+            .await
+            .unwrap();
+        let mut server = server.await.unwrap().unwrap();
+        let mut buf = [0u8; 100];
+        for i in 0..QUIET_READS + 2 {
+            client.write_all(&[i; 100]).await.unwrap();
+            client.flush().await.unwrap();
+            server.read_exact(&mut buf).await.unwrap();
+            assert_eq!(buf, [i; 100]);
+        }
+        let pending = std::future::poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut buf);
+            Poll::Ready(Pin::new(&mut server).poll_read(cx, &mut rb).is_pending())
+        })
+        .await;
+        assert!(pending);
+        assert_eq!(server.rbuf.capacity(), 0);
+        // And it reads again when data comes.
+        client.write_all(b"again").await.unwrap();
+        client.flush().await.unwrap();
+        let mut five = [0u8; 5];
+        server.read_exact(&mut five).await.unwrap();
+        assert_eq!(&five, b"again");
+    }
+}
