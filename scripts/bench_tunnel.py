@@ -195,13 +195,18 @@ class Bench:
             time.sleep(0.02)
         return port, p
 
-    def start_airlock(self):
-        cfg = self.tmp / "gateway.toml"
+    def start_airlock(self, bin_dir=BIN, name="airlock"):
+        """One gateway, agent and forwarding client from `bin_dir`, in their
+        own directories (a second stack can run beside the first)."""
+        BIN = bin_dir
+        work = self.tmp / name
+        work.mkdir(exist_ok=True)
+        cfg = work / "gateway.toml"
         cfg.write_text("[sessions]\nmax_per_target = 64\n")
         gw = self.spawn([str(BIN / "airlock-gateway"), "--config", str(cfg), "--data-dir",
-                         str(self.tmp / "gw"), "--listen", "127.0.0.1:0",
+                         str(work / "gw"), "--listen", "127.0.0.1:0",
                          *(["--insecure-http"] if self.args.no_tls else [])],
-                        stdout=subprocess.PIPE, stderr=open(self.tmp / "gw.log", "wb"),
+                        stdout=subprocess.PIPE, stderr=open(work / "gw.log", "wb"),
                         env={**os.environ, "RUST_LOG": "warn"})
         url = wait_line(gw, r"listening on (\S+)").group(1)
         ca = None if self.args.no_tls else wait_line(gw, r"AWS_CA_BUNDLE=(\S+)").group(1)
@@ -225,23 +230,23 @@ class Bench:
         act = ssm.create_activation(IamRole="AirlockManagedInstance")
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
                **({"AWS_CA_BUNDLE": ca} if ca else {}), "AWS_SHARED_CREDENTIALS_FILE": creds,
-               "AWS_CONFIG_FILE": str(self.tmp / "none"), "AWS_REGION": "us-east-1",
+               "AWS_CONFIG_FILE": str(work / "none"), "AWS_REGION": "us-east-1",
                "RUST_LOG": "warn"}
         out = subprocess.run([str(BIN / "airlock-agent"), "register", "--gateway", url,
                               "--activation-id", act["ActivationId"],
                               "--activation-code", act["ActivationCode"],
-                              "--state-dir", str(self.tmp / "agent")],
+                              "--state-dir", str(work / "agent")],
                              env=env, capture_output=True, text=True, check=True)
         mi = re.search(r"Registered as (mi-[0-9a-f]{17})", out.stdout).group(1)
         agent = self.spawn([str(BIN / "airlock-agent"), "run", "--state-dir",
-                            str(self.tmp / "agent")], stdout=subprocess.PIPE,
-                           stderr=open(self.tmp / "agent.log", "wb"),
+                            str(work / "agent")], stdout=subprocess.PIPE,
+                           stderr=open(work / "agent.log", "wb"),
                            env={**env, "RUST_LOG": "info"})
         wait_line(agent, rf"agent {mi} connected")
         client = self.spawn([str(BIN / "airlock"), "forward", mi,
                              f"0:127.0.0.1:{self.sink_port}", "--endpoint-url", url,
                              "--region", "us-east-1"],
-                            stdout=subprocess.PIPE, stderr=open(self.tmp / "client.log", "wb"),
+                            stdout=subprocess.PIPE, stderr=open(work / "client.log", "wb"),
                             env={**env, "AIRLOCK_LOG": "warn"})
         port = int(wait_line(client, r"Port (\d+) opened").group(1))
         return port, [gw.pid, agent.pid, client.pid]
@@ -261,6 +266,9 @@ def main():
                     help="KMS end-to-end encryption on (kmsKeyId + requireEncryption)")
     ap.add_argument("--no-tls", action="store_true",
                     help="diagnostic: gateway on plain HTTP, to price TLS on the two legs")
+    ap.add_argument("--compare-bin-dir", metavar="DIR",
+                    help="also run a second tunnel from DIR's binaries ('airlock-B'), "
+                         "interleaved with the first, for A/B comparisons")
     ap.add_argument("--perf", metavar="FILE",
                     help="only profile one airlock transfer with `perf record` into FILE")
     args = ap.parse_args()
@@ -277,6 +285,8 @@ def main():
             "socat2": (hop1[0], [hop1[1].pid, hop2[1].pid]),
             "airlock": (tunnel_port, tunnel_pids),
         }
+        if args.compare_bin_dir:
+            paths["airlock-B"] = b.start_airlock(Path(args.compare_bin_dir), "airlock-B")
         if args.perf:
             perf = subprocess.Popen(["perf", *os.environ.get("BENCH_PERF_ARGS", "record -F 999 -g").split(),
                                      "-o", args.perf, "-p",
@@ -293,7 +303,7 @@ def main():
               f"median of {args.rounds}; airlock: release build, TLS to the gateway, "
               + ("KMS end-to-end encryption (requireEncryption)" if args.encrypt
                  else "no end-to-end encryption (--encrypt to enable)"))
-        for conns in (1, args.conns):
+        for conns in sorted({1, args.conns}):
             # Rounds interleave the paths (direct, socat2, airlock, direct, ...)
             # so a shift in the machine's load lands on all of them alike.
             all_runs = {name: [] for name in paths}
@@ -312,7 +322,7 @@ def main():
                 # relays against the tunnel's client, gateway and agent).
                 split = "/".join(f"{statistics.median(r[4][i] for r in runs):.2f}"
                                  for i in range(len(pids)))
-                print(f"{name:8} {conns:2} conn  {fmt_rate(rate)}  {cpu_txt}  "
+                print(f"{name:9} {conns:2} conn  {fmt_rate(rate)}  {cpu_txt}  "
                       f"runs: {', '.join(f'{r[0] / 1e9:.2f}' for r in runs)} GB/s"
                       + (f"  min/max conn bytes {fair:.2f}" if conns > 1 else "")
                       + (f"  per process {split}" if pids else ""),
@@ -321,7 +331,7 @@ def main():
             f"{name} {peak_rss_mib(pid):.0f} MiB"
             for name, pid in zip(("gateway", "agent", "client"), tunnel_pids)))
         print()
-        for conns in (1, args.conns):
+        for conns in sorted({1, args.conns}):
             a, s, d = (results[(n, conns)] for n in ("airlock", "socat2", "direct"))
             verdict = "meets" if a >= 0.6 * s else "BELOW"
             paired = statistics.median(
@@ -329,6 +339,12 @@ def main():
             print(f"{conns:2} conn: airlock/socat2 = {a / s:.2f} ({verdict} the 0.6 target; "
                   f"median of per-round ratios {paired:.2f}), "
                   f"airlock/direct = {a / d:.2f}, socat2/direct = {s / d:.2f}")
+            if ("airlock-B", conns) in results:
+                bb = results[("airlock-B", conns)]
+                paired_b = statistics.median(
+                    x / y for x, y in zip(per_round[("airlock-B", conns)], per_round[("airlock", conns)]))
+                print(f"{conns:2} conn: airlock-B/socat2 = {bb / s:.2f}, airlock-B/airlock = {bb / a:.2f} "
+                      f"(median of per-round ratios {paired_b:.2f})")
     finally:
         b.close()
 

@@ -822,6 +822,13 @@ mod tests {
         ServerName::try_from("localhost").unwrap()
     }
 
+    /// A stuck transfer fails the test instead of hanging it.
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(60), f)
+            .await
+            .expect("no progress in 60 s")
+    }
+
     /// Writes `data` in uneven vectored pieces, then closes with close_notify.
     async fn write_unevenly<W: AsyncWrite + Unpin>(mut w: W, data: Vec<u8>, seed: u32) {
         let sizes = noise(4096, seed);
@@ -848,25 +855,28 @@ mod tests {
 
     #[tokio::test]
     async fn our_ends_carry_both_directions_at_once_and_close_cleanly() {
-        let cfg = configs();
-        let (near, far) = tcp_pair().await;
-        let server = tokio::spawn(accept(cfg.server.clone(), far));
-        let client = connect(client_config(&cfg.client), localhost(), near)
-            .await
-            .unwrap();
-        let server = server.await.unwrap().unwrap();
-        let up = noise(3 << 20, 7);
-        let down = noise((2 << 20) + 12345, 11);
-        let (cr, cw) = tokio::io::split(client);
-        let (sr, sw) = tokio::io::split(server);
-        let (got_up, got_down, _, _) = tokio::join!(
-            read_all(sr),
-            read_all(cr),
-            write_unevenly(cw, up.clone(), 3),
-            write_unevenly(sw, down.clone(), 5),
-        );
-        assert!(got_up == up, "client to server bytes differ");
-        assert!(got_down == down, "server to client bytes differ");
+        within(async {
+            let cfg = configs();
+            let (near, far) = tcp_pair().await;
+            let server = tokio::spawn(accept(cfg.server.clone(), far));
+            let client = connect(client_config(&cfg.client), localhost(), near)
+                .await
+                .unwrap();
+            let server = server.await.unwrap().unwrap();
+            let up = noise(3 << 20, 7);
+            let down = noise((2 << 20) + 12345, 11);
+            let (cr, cw) = tokio::io::split(client);
+            let (sr, sw) = tokio::io::split(server);
+            let (got_up, got_down, _, _) = tokio::join!(
+                read_all(sr),
+                read_all(cr),
+                write_unevenly(cw, up.clone(), 3),
+                write_unevenly(sw, down.clone(), 5),
+            );
+            assert!(got_up == up, "client to server bytes differ");
+            assert!(got_down == down, "server to client bytes differ");
+        })
+        .await;
     }
 
     /// Echoes until close_notify, then closes.
@@ -913,99 +923,105 @@ mod tests {
     /// its session tickets taken, close_notify both ways.
     #[tokio::test]
     async fn interoperates_with_buffered_rustls_through_key_updates() {
-        let cfg = configs();
+        within(async {
+            let cfg = configs();
 
-        let (near, far) = tcp_pair().await;
-        let server_config = cfg.server.clone();
-        let server = tokio::spawn(async move {
-            echo(accept(server_config, far).await?).await;
-            Ok::<_, io::Error>(())
-        });
-        let stock = tokio_rustls::TlsConnector::from(cfg.client.clone())
-            .connect(localhost(), near)
-            .await
-            .unwrap();
-        send_roll_and_check(stock, |s| s.get_mut().1.refresh_traffic_keys().unwrap()).await;
-        server.await.unwrap().unwrap();
+            let (near, far) = tcp_pair().await;
+            let server_config = cfg.server.clone();
+            let server = tokio::spawn(async move {
+                echo(accept(server_config, far).await?).await;
+                Ok::<_, io::Error>(())
+            });
+            let stock = tokio_rustls::TlsConnector::from(cfg.client.clone())
+                .connect(localhost(), near)
+                .await
+                .unwrap();
+            send_roll_and_check(stock, |s| s.get_mut().1.refresh_traffic_keys().unwrap()).await;
+            server.await.unwrap().unwrap();
 
-        // rustls as the server (it sends session tickets after the handshake).
-        let mut stock_server = (*cfg.server).clone();
-        stock_server.enable_secret_extraction = false;
-        let (near, far) = tcp_pair().await;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(stock_server));
-        let client_cfg = client_config(&cfg.client);
-        let ours = tokio::spawn(async move {
-            echo(connect(client_cfg, localhost(), near).await?).await;
-            Ok::<_, io::Error>(())
-        });
-        let stock = acceptor.accept(far).await.unwrap();
-        send_roll_and_check(stock, |s| s.get_mut().1.refresh_traffic_keys().unwrap()).await;
-        ours.await.unwrap().unwrap();
+            // rustls as the server (it sends session tickets after the handshake).
+            let mut stock_server = (*cfg.server).clone();
+            stock_server.enable_secret_extraction = false;
+            let (near, far) = tcp_pair().await;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(stock_server));
+            let client_cfg = client_config(&cfg.client);
+            let ours = tokio::spawn(async move {
+                echo(connect(client_cfg, localhost(), near).await?).await;
+                Ok::<_, io::Error>(())
+            });
+            let stock = acceptor.accept(far).await.unwrap();
+            send_roll_and_check(stock, |s| s.get_mut().1.refresh_traffic_keys().unwrap()).await;
+            ours.await.unwrap().unwrap();
+        })
+        .await;
     }
 
     /// A byte flipped on the wire is a read error, and nothing read before
     /// it differs from what was sent.
     #[tokio::test]
     async fn tampered_record_is_an_error_not_data() {
-        let cfg = configs();
-        let (near, relay_near) = tcp_pair().await;
-        let (relay_far, far) = tcp_pair().await;
-        // Relay client to server flipping one byte well past the handshake
-        // (the client's flights are a few hundred bytes), and back untouched.
-        tokio::spawn(async move {
-            let (mut a_r, mut a_w) = relay_near.into_split();
-            let (mut b_r, mut b_w) = relay_far.into_split();
+        within(async {
+            let cfg = configs();
+            let (near, relay_near) = tcp_pair().await;
+            let (relay_far, far) = tcp_pair().await;
+            // Relay client to server flipping one byte well past the handshake
+            // (the client's flights are a few hundred bytes), and back untouched.
             tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut b_r, &mut a_w).await;
+                let (mut a_r, mut a_w) = relay_near.into_split();
+                let (mut b_r, mut b_w) = relay_far.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut b_r, &mut a_w).await;
+                });
+                let mut seen = 0usize;
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    let n = match a_r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if (seen..seen + n).contains(&50_000) {
+                        buf[50_000 - seen] ^= 0x40;
+                    }
+                    seen += n;
+                    if b_w.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
             });
-            let mut seen = 0usize;
-            let mut buf = vec![0u8; 8192];
-            loop {
-                let n = match a_r.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if (seen..seen + n).contains(&50_000) {
-                    buf[50_000 - seen] ^= 0x40;
+            let server = tokio::spawn(accept(cfg.server.clone(), far));
+            let mut client = connect(client_config(&cfg.client), localhost(), near)
+                .await
+                .unwrap();
+            let mut server = server.await.unwrap().unwrap();
+            let data = noise(200_000, 31);
+            let sent = data.clone();
+            tokio::spawn(async move {
+                let _ = client.write_all(&data).await;
+                let _ = client.flush().await;
+                // Hold the connection open until the server gives up.
+                let mut b = [0u8; 1];
+                let _ = client.read(&mut b).await;
+            });
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 10_000];
+            let err = loop {
+                match server.read(&mut buf).await {
+                    Ok(0) => panic!("clean end of stream after a tampered record"),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break e,
                 }
-                seen += n;
-                if b_w.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let server = tokio::spawn(accept(cfg.server.clone(), far));
-        let mut client = connect(client_config(&cfg.client), localhost(), near)
-            .await
-            .unwrap();
-        let mut server = server.await.unwrap().unwrap();
-        let data = noise(200_000, 31);
-        let sent = data.clone();
-        tokio::spawn(async move {
-            let _ = client.write_all(&data).await;
-            let _ = client.flush().await;
-            // Hold the connection open until the server gives up.
-            let mut b = [0u8; 1];
-            let _ = client.read(&mut b).await;
-        });
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 10_000];
-        let err = loop {
-            match server.read(&mut buf).await {
-                Ok(0) => panic!("clean end of stream after a tampered record"),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) => break e,
-            }
-        };
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
-        assert!(
-            got.len() < 50_000,
-            "bytes past the flipped one were delivered"
-        );
-        assert!(
-            sent.starts_with(&got),
-            "delivered bytes differ from sent ones"
-        );
+            };
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            assert!(
+                got.len() < 50_000,
+                "bytes past the flipped one were delivered"
+            );
+            assert!(
+                sent.starts_with(&got),
+                "delivered bytes differ from sent ones"
+            );
+        })
+        .await;
     }
 
     #[tokio::test]
@@ -1029,32 +1045,35 @@ mod tests {
 
     #[tokio::test]
     async fn a_quiet_connection_gives_its_read_buffer_back() {
-        let cfg = configs();
-        let (near, far) = tcp_pair().await;
-        let server = tokio::spawn(accept(cfg.server.clone(), far));
-        let mut client = connect(client_config(&cfg.client), localhost(), near)
-            .await
-            .unwrap();
-        let mut server = server.await.unwrap().unwrap();
-        let mut buf = [0u8; 100];
-        for i in 0..QUIET_READS + 2 {
-            client.write_all(&[i; 100]).await.unwrap();
+        within(async {
+            let cfg = configs();
+            let (near, far) = tcp_pair().await;
+            let server = tokio::spawn(accept(cfg.server.clone(), far));
+            let mut client = connect(client_config(&cfg.client), localhost(), near)
+                .await
+                .unwrap();
+            let mut server = server.await.unwrap().unwrap();
+            let mut buf = [0u8; 100];
+            for i in 0..QUIET_READS + 2 {
+                client.write_all(&[i; 100]).await.unwrap();
+                client.flush().await.unwrap();
+                server.read_exact(&mut buf).await.unwrap();
+                assert_eq!(buf, [i; 100]);
+            }
+            let pending = std::future::poll_fn(|cx| {
+                let mut rb = ReadBuf::new(&mut buf);
+                Poll::Ready(Pin::new(&mut server).poll_read(cx, &mut rb).is_pending())
+            })
+            .await;
+            assert!(pending);
+            assert_eq!(server.rbuf.capacity(), 0);
+            // And it reads again when data comes.
+            client.write_all(b"again").await.unwrap();
             client.flush().await.unwrap();
-            server.read_exact(&mut buf).await.unwrap();
-            assert_eq!(buf, [i; 100]);
-        }
-        let pending = std::future::poll_fn(|cx| {
-            let mut rb = ReadBuf::new(&mut buf);
-            Poll::Ready(Pin::new(&mut server).poll_read(cx, &mut rb).is_pending())
+            let mut five = [0u8; 5];
+            server.read_exact(&mut five).await.unwrap();
+            assert_eq!(&five, b"again");
         })
         .await;
-        assert!(pending);
-        assert_eq!(server.rbuf.capacity(), 0);
-        // And it reads again when data comes.
-        client.write_all(b"again").await.unwrap();
-        client.flush().await.unwrap();
-        let mut five = [0u8; 5];
-        server.read_exact(&mut five).await.unwrap();
-        assert_eq!(&five, b"again");
     }
 }

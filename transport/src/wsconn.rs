@@ -543,16 +543,12 @@ fn unmask(data: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
-/// Appends `src` XORed with `key` to `dst`: the copy and the mask in one pass.
+/// Appends `src` XORed with `key` to `dst`: a plain copy, then the XOR over
+/// the copy while it is in cache (no per-word `BytesMut` bookkeeping).
 fn mask_into(dst: &mut BytesMut, src: &[u8], key: [u8; 4]) {
-    let wide = widened(key);
-    let mut chunks = src.chunks_exact(8);
-    for c in &mut chunks {
-        dst.put_slice(&xor_word(c, wide));
-    }
-    for (i, b) in chunks.remainder().iter().enumerate() {
-        dst.put_u8(b ^ key[i % 4]);
-    }
+    let at = dst.len();
+    dst.extend_from_slice(src);
+    unmask(&mut dst[at..], key, 0);
 }
 
 /// The key repeated over 8 bytes, so masking goes a word at a time.
