@@ -549,13 +549,10 @@ async fn stream_task(
     let (mut rd, mut wr) = conn.into_split();
     let writer = tokio::spawn(async move {
         let mut written = 0u64;
-        while let Some(b) = rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                return written;
-            }
-            written += b.len() as u64;
+        let done = batch::write_queued(&mut wr, &mut rx, |n| written += n as u64).await;
+        if done.is_ok() {
+            let _ = wr.shutdown().await;
         }
-        let _ = wr.shutdown().await;
         written
     });
     // The stock plugin's smux is held to its own 32 KiB frames.

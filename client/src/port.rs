@@ -763,16 +763,15 @@ fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
     counters: Option<Arc<Counters>>,
 ) {
     tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                return;
-            }
+        let done = batch::write_queued(&mut wr, &mut rx, |n| {
             if let Some(c) = &counters {
-                c.received.fetch_add(b.len() as u64, Ordering::Relaxed);
+                c.received.fetch_add(n as u64, Ordering::Relaxed);
             }
-            let _ = wr.flush().await;
+        })
+        .await;
+        if done.is_ok() {
+            let _ = wr.shutdown().await;
         }
-        let _ = wr.shutdown().await;
     });
 }
 
