@@ -151,6 +151,9 @@ pub async fn read_psh_batch<R: AsyncRead + Unpin>(
 
 /// Frames one write takes at most (iovecs per `writev`).
 const WRITE_BATCH: usize = 64;
+/// Bytes taken off the queue for one write at most: what waits here is on
+/// top of the queue's own bound, so it stays near one payload's worth.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// Writes what a connection's queue brings until the queue closes. Every
 /// wake-up takes all the frames already waiting and writes them with
@@ -164,10 +167,14 @@ pub async fn write_queued<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut pending: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
     while let Some(first) = rx.recv().await {
+        let mut taken = first.len();
         pending.push_back(first);
-        while pending.len() < WRITE_BATCH {
+        while pending.len() < WRITE_BATCH && taken < WRITE_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(b) => pending.push_back(b),
+                Ok(b) => {
+                    taken += b.len();
+                    pending.push_back(b);
+                }
                 Err(_) => break,
             }
         }
