@@ -529,6 +529,9 @@ impl TlsStream {
 
     /// Writes buffered records until the buffer is empty or the socket is full.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.wbuf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
         while self.wpos < self.wbuf.len() {
             let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.wbuf[self.wpos..]))?;
             if n == 0 {
@@ -536,21 +539,34 @@ impl TlsStream {
             }
             self.wpos += n;
         }
-        self.wbuf.clear();
-        self.wpos = 0;
+        self.send_buffer_emptied();
         Poll::Ready(Ok(()))
     }
 
     /// Without registering a waker: the reading side uses this for a
     /// KeyUpdate reply, and must not take the writer's wake-up.
     fn try_drain(&mut self) {
+        if self.wbuf.is_empty() {
+            return;
+        }
         while self.wpos < self.wbuf.len() {
             match self.tcp.try_write(&self.wbuf[self.wpos..]) {
                 Ok(n) if n > 0 => self.wpos += n,
                 _ => return,
             }
         }
-        self.wbuf.clear();
+        self.send_buffer_emptied();
+    }
+
+    /// Everything sealed went out. After a small write (interactive or
+    /// keep-alive traffic) the buffer is given back, so a session that moved
+    /// bulk data and went quiet does not keep its largest buffer.
+    fn send_buffer_emptied(&mut self) {
+        if self.wbuf.len() < QUIET_READ && self.wbuf.capacity() > MAX_RECORD {
+            self.wbuf = Vec::new();
+        } else {
+            self.wbuf.clear();
+        }
         self.wpos = 0;
     }
 
@@ -1041,6 +1057,29 @@ mod tests {
             .await;
         assert!(client.is_err());
         assert!(server.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_gives_its_send_buffer_back() {
+        within(async {
+            let cfg = configs();
+            let (near, far) = tcp_pair().await;
+            let server = tokio::spawn(accept(cfg.server.clone(), far));
+            let mut client = connect(client_config(&cfg.client), localhost(), near)
+                .await
+                .unwrap();
+            let server = server.await.unwrap().unwrap();
+            let drain = tokio::spawn(read_all(server));
+            client.write_all(&noise(1 << 20, 5)).await.unwrap();
+            client.flush().await.unwrap();
+            assert!(client.wbuf.capacity() > MAX_RECORD, "bulk keeps its buffer");
+            client.write_all(b"ping").await.unwrap();
+            client.flush().await.unwrap();
+            assert_eq!(client.wbuf.capacity(), 0);
+            client.shutdown().await.unwrap();
+            assert_eq!(drain.await.unwrap().len(), (1 << 20) + 4);
+        })
+        .await;
     }
 
     #[tokio::test]
