@@ -131,7 +131,7 @@ fn spawn_status(counters: Arc<Counters>, label: String) -> Option<tokio::task::J
     }))
 }
 
-type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxRead = Box<dyn batch::PortRead + Send + Sync>;
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// The local end: a TCP port or a unix socket (removed again on drop).
@@ -727,7 +727,7 @@ struct BatchSizes {
 /// Copies one multiplexed connection into `out` as payloads of smux frames
 /// read in place, up to `sizes.chunk` bytes each. Returns false when `out`
 /// is gone, true when `rd` ended (its FIN is the caller's).
-async fn pump_mux_stream<R: AsyncRead + Unpin>(
+async fn pump_mux_stream<R: batch::PortRead>(
     mut rd: R,
     sid: u32,
     sizes: BatchSizes,

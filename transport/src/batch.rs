@@ -82,6 +82,194 @@ pub struct Batch {
     pub stream_bytes: usize,
 }
 
+/// A port connection's read half. Sockets fill several smux frames per
+/// `readv` (a frame carries at most 64 KiB, so one frame per read was four
+/// times socat's 128 KiB reads); other readers take one frame per read.
+pub trait PortRead: AsyncRead + Unpin {
+    /// One `readv` into `iov`, waiting until the socket is readable; `None`
+    /// if this reader cannot (it is then read through `AsyncRead`).
+    fn poll_readv(
+        &self,
+        _cx: &mut std::task::Context<'_>,
+        _iov: &[libc::iovec],
+    ) -> Option<std::task::Poll<std::io::Result<usize>>> {
+        None
+    }
+
+    /// One `readv` of what is already there (`WouldBlock` if nothing is).
+    fn try_readv(&self, _iov: &[libc::iovec]) -> Option<std::io::Result<usize>> {
+        None
+    }
+}
+
+/// `readv` on a non-blocking socket owned by tokio's reactor.
+fn readv_now(fd: std::os::fd::RawFd, iov: &[libc::iovec]) -> std::io::Result<usize> {
+    let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: every iovec points at memory the caller owns and nothing else
+    // touches for the duration of the call (spare capacity of its buffer).
+    let n = unsafe { libc::readv(fd, iov.as_ptr(), count) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
+macro_rules! port_read_for_socket {
+    ($half:ty, $stream:ty) => {
+        impl PortRead for $half {
+            fn poll_readv(
+                &self,
+                cx: &mut std::task::Context<'_>,
+                iov: &[libc::iovec],
+            ) -> Option<std::task::Poll<std::io::Result<usize>>> {
+                use std::os::fd::AsRawFd;
+                let sock: &$stream = self.as_ref();
+                Some(loop {
+                    match sock.poll_read_ready(cx) {
+                        std::task::Poll::Ready(Ok(())) => {}
+                        other => break other.map(|r| r.map(|()| 0)),
+                    }
+                    match sock.try_io(tokio::io::Interest::READABLE, || {
+                        readv_now(sock.as_raw_fd(), iov)
+                    }) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        r => break std::task::Poll::Ready(r),
+                    }
+                })
+            }
+
+            fn try_readv(&self, iov: &[libc::iovec]) -> Option<std::io::Result<usize>> {
+                use std::os::fd::AsRawFd;
+                let sock: &$stream = self.as_ref();
+                Some(sock.try_io(tokio::io::Interest::READABLE, || {
+                    readv_now(sock.as_raw_fd(), iov)
+                }))
+            }
+        }
+    };
+}
+
+port_read_for_socket!(tokio::net::tcp::OwnedReadHalf, tokio::net::TcpStream);
+port_read_for_socket!(tokio::net::unix::OwnedReadHalf, tokio::net::UnixStream);
+impl PortRead for tokio::io::DuplexStream {}
+impl PortRead for tokio::io::Stdin {}
+
+impl<T: PortRead + ?Sized> PortRead for Box<T> {
+    fn poll_readv(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        iov: &[libc::iovec],
+    ) -> Option<std::task::Poll<std::io::Result<usize>>> {
+        (**self).poll_readv(cx, iov)
+    }
+
+    fn try_readv(&self, iov: &[libc::iovec]) -> Option<std::io::Result<usize>> {
+        (**self).try_readv(iov)
+    }
+}
+
+/// Smux frames one `readv` fills at most.
+const READV_FRAMES: usize = 16;
+
+enum FramesRead {
+    /// `rd` has no `readv`.
+    Unsupported,
+    /// Not waiting, and nothing was there.
+    Empty,
+    /// Stream bytes read (0: end of stream, or no room).
+    Read(std::io::Result<usize>),
+}
+
+/// Reads into up to [`READV_FRAMES`] frames laid out in `buf`'s spare
+/// capacity, each behind a gap for its header, which is then written.
+async fn read_frames<R: PortRead + ?Sized>(
+    rd: &mut R,
+    sid: u32,
+    buf: &mut FrameBuf,
+    room: usize,
+    max_frame: usize,
+    wait: bool,
+) -> FramesRead {
+    // (data offset from the end of the buffer, data length) per frame.
+    let mut slots = [(0usize, 0usize); READV_FRAMES];
+    let (mut count, mut span, mut left) = (0, 0, room);
+    while count < READV_FRAMES && left > smux::HEADER_LEN {
+        let len = (left - smux::HEADER_LEN).min(max_frame);
+        slots[count] = (span + smux::HEADER_LEN, len);
+        span += smux::HEADER_LEN + len;
+        left -= smux::HEADER_LEN + len;
+        count += 1;
+    }
+    if count == 0 {
+        return FramesRead::Read(Ok(0));
+    }
+    let bytes = buf.buf_mut();
+    bytes.reserve(span);
+    let iovecs = |bytes: &mut bytes::BytesMut| {
+        let base = bytes.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; READV_FRAMES];
+        for (v, &(at, len)) in iov.iter_mut().zip(&slots[..count]) {
+            // SAFETY: `at + len <= span`, reserved above.
+            v.iov_base = unsafe { base.add(at) }.cast();
+            v.iov_len = len;
+        }
+        iov
+    };
+    let read = if wait {
+        let r = std::future::poll_fn(|cx| {
+            let iov = iovecs(bytes);
+            match rd.poll_readv(cx, &iov[..count]) {
+                None => std::task::Poll::Ready(None),
+                Some(p) => p.map(Some),
+            }
+        })
+        .await;
+        match r {
+            Some(r) => r,
+            None => return FramesRead::Unsupported,
+        }
+    } else {
+        let iov = iovecs(bytes);
+        match rd.try_readv(&iov[..count]) {
+            None => return FramesRead::Unsupported,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return FramesRead::Empty,
+            Some(r) => r,
+        }
+    };
+    let n = match read {
+        Ok(n) => n,
+        Err(e) => return FramesRead::Read(Err(e)),
+    };
+    // Headers for the frames the bytes reached; the last may be short.
+    let mut left = n;
+    let mut end = 0;
+    for &(at, len) in &slots[..count] {
+        if left == 0 {
+            break;
+        }
+        let took = left.min(len);
+        let header = match smux::header(Cmd::Psh, sid, took) {
+            Ok(h) => h,
+            Err(e) => {
+                return FramesRead::Read(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e,
+                )))
+            }
+        };
+        let spare = bytes.spare_capacity_mut();
+        for (dst, b) in spare[at - smux::HEADER_LEN..at].iter_mut().zip(header) {
+            dst.write(b);
+        }
+        left -= took;
+        end = at + took;
+    }
+    // SAFETY: up to `end`, every byte is a header written above or data the
+    // kernel wrote (frames are filled in order, so there are no holes).
+    unsafe { bytes.set_len(bytes.len() + end) };
+    FramesRead::Read(Ok(n))
+}
+
 /// Fills `buf` with smux `Psh` frames of stream `sid`, reading `rd` straight
 /// into it: waits for the first bytes, then keeps taking bytes that are
 /// already there (no waiting) until the payload would pass `max_payload`.
@@ -90,7 +278,7 @@ pub struct Batch {
 /// Bytes read before `rd` ended are in `buf`. An error on the first read is
 /// returned; a later one is left for the next call to report, so no bytes
 /// already read are lost.
-pub async fn read_psh_batch<R: AsyncRead + Unpin>(
+pub async fn read_psh_batch<R: PortRead + ?Sized>(
     rd: &mut R,
     sid: u32,
     buf: &mut FrameBuf,
@@ -104,6 +292,23 @@ pub async fn read_psh_batch<R: AsyncRead + Unpin>(
         stream_bytes: 0,
     };
     loop {
+        let room = max_payload.saturating_sub(buf.payload_len());
+        match read_frames(rd, sid, buf, room, max_frame, first).await {
+            FramesRead::Unsupported => {}
+            FramesRead::Empty => return Ok(batch),
+            FramesRead::Read(Ok(0)) => {
+                batch.open = room <= smux::HEADER_LEN;
+                return Ok(batch);
+            }
+            FramesRead::Read(Ok(n)) => {
+                batch.stream_bytes += n;
+                first = false;
+                continue;
+            }
+            FramesRead::Read(Err(e)) if first => return Err(e),
+            // Left for the next call to report (bytes already read stay).
+            FramesRead::Read(Err(_)) => return Ok(batch),
+        }
         let room = max_payload
             .saturating_sub(buf.payload_len() + smux::HEADER_LEN)
             .min(max_frame);
@@ -311,6 +516,45 @@ mod tests {
         let joined: Vec<u8> = framed.iter().flat_map(|f| f.data.to_vec()).collect();
         assert_eq!(joined, data[..joined.len()]);
         assert_eq!(joined.len(), got.stream_bytes);
+    }
+
+    /// From a socket, one `readv` fills several full frames; the batch stops
+    /// at its limit, later ones take the rest, and end of stream closes it.
+    #[tokio::test]
+    async fn a_socket_fills_several_frames_per_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut near = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        let (mut rd, _wr) = far.into_split();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        near.write_all(&data).await.unwrap();
+        drop(near);
+        let mut joined = Vec::new();
+        let mut batches = 0;
+        loop {
+            let mut buf = FrameBuf::with_capacity(200_000);
+            let got = read_psh_batch(&mut rd, 9, &mut buf, 200_000, 65_535)
+                .await
+                .unwrap();
+            assert!(buf.payload_len() <= 200_000);
+            let framed = frames(buf.payload());
+            assert!(framed
+                .iter()
+                .all(|f| f.sid == 9 && f.cmd == Cmd::Psh && !f.data.is_empty()));
+            assert!(framed.iter().all(|f| f.data.len() <= 65_535));
+            let bytes: usize = framed.iter().map(|f| f.data.len()).sum();
+            assert_eq!(bytes, got.stream_bytes);
+            joined.extend(framed.iter().flat_map(|f| f.data.to_vec()));
+            batches += 1;
+            if !got.open {
+                break;
+            }
+        }
+        assert!(joined == data, "bytes differ or are out of order");
+        // 300 000 bytes in batches of at most 200 000: two, plus the end.
+        assert!(batches <= 3, "{batches} batches");
     }
 
     #[tokio::test]
