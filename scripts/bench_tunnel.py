@@ -327,9 +327,11 @@ def main():
                       + (f"  min/max conn bytes {fair:.2f}" if conns > 1 else "")
                       + (f"  per process {split}" if pids else ""),
                       flush=True)
-        print("peak RSS (VmHWM) after all runs: " + ", ".join(
-            f"{name} {peak_rss_mib(pid):.0f} MiB"
-            for name, pid in zip(("gateway", "agent", "client"), tunnel_pids)))
+        for stack in ("airlock", "airlock-B"):
+            if stack in paths:
+                print(f"{stack} peak RSS (VmHWM) after all runs: " + ", ".join(
+                    f"{name} {peak_rss_mib(pid):.0f} MiB"
+                    for name, pid in zip(("gateway", "agent", "client"), paths[stack][1])))
         print()
         for conns in sorted({1, args.conns}):
             a, s, d = (results[(n, conns)] for n in ("airlock", "socat2", "direct"))
