@@ -201,13 +201,17 @@ class Bench:
         BIN = bin_dir
         work = self.tmp / name
         work.mkdir(exist_ok=True)
+        # BENCH_B_ENV="K=V,..." sets variables for the B stack's processes only
+        # (e.g. TOKIO_WORKER_THREADS=1), to A/B a setting rather than a build.
+        extra = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_B_ENV", "").split(",")
+                     if "=" in kv) if name == "airlock-B" else {}
         cfg = work / "gateway.toml"
         cfg.write_text("[sessions]\nmax_per_target = 64\n")
         gw = self.spawn([str(BIN / "airlock-gateway"), "--config", str(cfg), "--data-dir",
                          str(work / "gw"), "--listen", "127.0.0.1:0",
                          *(["--insecure-http"] if self.args.no_tls else [])],
                         stdout=subprocess.PIPE, stderr=open(work / "gw.log", "wb"),
-                        env={**os.environ, "RUST_LOG": "warn"})
+                        env={**os.environ, "RUST_LOG": "warn", **extra})
         url = wait_line(gw, r"listening on (\S+)").group(1)
         ca = None if self.args.no_tls else wait_line(gw, r"AWS_CA_BUNDLE=(\S+)").group(1)
         creds = wait_line(gw, r"admin credentials: (\S+)").group(1)
@@ -228,7 +232,7 @@ class Bench:
                 Content='{"schemaVersion":"1.0","sessionType":"Standard_Stream",'
                         '"inputs":{"kmsKeyId":"alias/bench","requireEncryption":true}}')
         act = ssm.create_activation(IamRole="AirlockManagedInstance")
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **extra,
                **({"AWS_CA_BUNDLE": ca} if ca else {}), "AWS_SHARED_CREDENTIALS_FILE": creds,
                "AWS_CONFIG_FILE": str(work / "none"), "AWS_REGION": "us-east-1",
                "RUST_LOG": "warn"}
