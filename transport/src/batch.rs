@@ -149,7 +149,6 @@ macro_rules! port_read_for_socket {
 port_read_for_socket!(tokio::net::tcp::OwnedReadHalf, tokio::net::TcpStream);
 port_read_for_socket!(tokio::net::unix::OwnedReadHalf, tokio::net::UnixStream);
 impl PortRead for tokio::io::DuplexStream {}
-impl PortRead for tokio::io::Stdin {}
 
 impl<T: PortRead + ?Sized> PortRead for Box<T> {
     fn poll_readv(

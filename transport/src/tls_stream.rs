@@ -53,6 +53,9 @@ const QUIET_READ: usize = 4 * 1024;
 const QUIET_READS: u8 = 16;
 /// Ciphertext held for the socket before a write waits.
 pub const SEND_BUFFER: usize = crate::tls::TLS_SEND_BUFFER;
+/// Caller slices gathered into one record at most (a websocket writes up to
+/// 64: headers and payloads of small queued messages).
+const PARTS_PER_RECORD: usize = 64;
 /// Handshake bytes buffered at most (a certificate chain spans records).
 const MAX_HANDSHAKE_BUF: usize = 256 * 1024;
 /// Application data that arrived with the handshake's last flight, at most.
@@ -360,10 +363,6 @@ impl TlsStream {
             wpos: 0,
             close_sent: false,
         })
-    }
-
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
     }
 
     /// Opens the next complete record in the buffer, if there is one.
@@ -704,7 +703,7 @@ impl AsyncWrite for TlsStream {
         let mut current: &[u8] = slices.next().unwrap_or(&[]);
         while budget > 0 {
             let record_len = budget.min(MAX_PLAINTEXT);
-            let mut parts: [&[u8]; 8] = [&[]; 8];
+            let mut parts: [&[u8]; PARTS_PER_RECORD] = [&[]; PARTS_PER_RECORD];
             let mut n_parts = 0;
             let mut filled = 0;
             while filled < record_len {
