@@ -22,6 +22,8 @@ pub mod api;
 pub mod batch;
 pub mod credentials;
 pub mod datachannel;
+#[cfg(test)]
+mod testutil;
 pub mod tls;
 pub mod tls_stream;
 pub mod ws;

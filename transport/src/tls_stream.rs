@@ -778,21 +778,10 @@ fn protocol_error(what: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::noise;
     use rustls::pki_types::{PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
-
-    fn noise(n: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    }
 
     struct Configs {
         server: Arc<rustls::ServerConfig>,
@@ -831,6 +820,15 @@ mod tests {
             .unwrap();
         let (far, _) = listener.accept().await.unwrap();
         (near, far)
+    }
+
+    /// Our client and our server, handshaken over `near` and `far`.
+    async fn ours_over(cfg: &Configs, near: TcpStream, far: TcpStream) -> (TlsStream, TlsStream) {
+        let server = tokio::spawn(accept(cfg.server.clone(), far));
+        let client = connect(client_config(&cfg.client), localhost(), near)
+            .await
+            .unwrap();
+        (client, server.await.unwrap().unwrap())
     }
 
     fn localhost() -> ServerName<'static> {
@@ -873,11 +871,7 @@ mod tests {
         within(async {
             let cfg = configs();
             let (near, far) = tcp_pair().await;
-            let server = tokio::spawn(accept(cfg.server.clone(), far));
-            let client = connect(client_config(&cfg.client), localhost(), near)
-                .await
-                .unwrap();
-            let server = server.await.unwrap().unwrap();
+            let (client, server) = ours_over(&cfg, near, far).await;
             let up = noise(3 << 20, 7);
             let down = noise((2 << 20) + 12345, 11);
             let (cr, cw) = tokio::io::split(client);
@@ -1003,11 +997,7 @@ mod tests {
                     }
                 }
             });
-            let server = tokio::spawn(accept(cfg.server.clone(), far));
-            let mut client = connect(client_config(&cfg.client), localhost(), near)
-                .await
-                .unwrap();
-            let mut server = server.await.unwrap().unwrap();
+            let (mut client, mut server) = ours_over(&cfg, near, far).await;
             let data = noise(200_000, 31);
             let sent = data.clone();
             tokio::spawn(async move {
@@ -1063,11 +1053,7 @@ mod tests {
         within(async {
             let cfg = configs();
             let (near, far) = tcp_pair().await;
-            let server = tokio::spawn(accept(cfg.server.clone(), far));
-            let mut client = connect(client_config(&cfg.client), localhost(), near)
-                .await
-                .unwrap();
-            let server = server.await.unwrap().unwrap();
+            let (mut client, server) = ours_over(&cfg, near, far).await;
             let drain = tokio::spawn(read_all(server));
             client.write_all(&noise(1 << 20, 5)).await.unwrap();
             client.flush().await.unwrap();
@@ -1086,11 +1072,7 @@ mod tests {
         within(async {
             let cfg = configs();
             let (near, far) = tcp_pair().await;
-            let server = tokio::spawn(accept(cfg.server.clone(), far));
-            let mut client = connect(client_config(&cfg.client), localhost(), near)
-                .await
-                .unwrap();
-            let mut server = server.await.unwrap().unwrap();
+            let (mut client, mut server) = ours_over(&cfg, near, far).await;
             let mut buf = [0u8; 100];
             for i in 0..QUIET_READS + 2 {
                 client.write_all(&[i; 100]).await.unwrap();

@@ -672,6 +672,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsConn<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::noise;
     use futures_util::{SinkExt, StreamExt};
     use std::time::Duration;
     use tokio::io::{duplex, AsyncWriteExt, DuplexStream};
@@ -679,18 +680,6 @@ mod tests {
     use tokio_tungstenite::WebSocketStream;
 
     const MAX: usize = 2 << 20;
-
-    fn noise(n: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    }
 
     /// Ours on one end, tungstenite (an independent implementation) on the
     /// other, over a pipe small enough that every large write is partial.
