@@ -416,11 +416,7 @@ mod tests {
     /// Frames queued together leave in one vectored write, in order.
     #[tokio::test]
     async fn queued_frames_are_written_together_and_in_order() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut near = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut far, _) = listener.accept().await.unwrap();
+        let (mut near, mut far) = crate::testutil::tcp_pair().await;
         let (tx, mut rx) = mpsc::channel(64);
         let frames: Vec<Bytes> = (0..40u8)
             .map(|i| Bytes::from(vec![i; 100 + i as usize * 37]))
@@ -521,11 +517,7 @@ mod tests {
     /// at its limit, later ones take the rest, and end of stream closes it.
     #[tokio::test]
     async fn a_socket_fills_several_frames_per_read() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut near = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (far, _) = listener.accept().await.unwrap();
+        let (mut near, far) = crate::testutil::tcp_pair().await;
         let (mut rd, _wr) = far.into_split();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         near.write_all(&data).await.unwrap();

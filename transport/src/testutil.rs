@@ -12,3 +12,13 @@ pub fn noise(n: usize, seed: u32) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Both ends of a fresh loopback TCP connection.
+pub async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let near = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (far, _) = listener.accept().await.unwrap();
+    (near, far)
+}

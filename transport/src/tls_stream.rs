@@ -778,10 +778,9 @@ fn protocol_error(what: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::noise;
+    use crate::testutil::{noise, tcp_pair};
     use rustls::pki_types::{PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
     struct Configs {
         server: Arc<rustls::ServerConfig>,
@@ -811,15 +810,6 @@ mod tests {
             client: Arc::new(client),
             ca: ck.cert.der().clone(),
         }
-    }
-
-    async fn tcp_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let near = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (far, _) = listener.accept().await.unwrap();
-        (near, far)
     }
 
     /// Our client and our server, handshaken over `near` and `far`.
