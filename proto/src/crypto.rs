@@ -14,8 +14,9 @@
 //! and the `&dyn SecureRandom` are inputs.
 
 use std::fmt;
+use std::sync::Arc;
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::SecureRandom;
 
 use crate::frame::{FrameBuf, PayloadType, MAX_PAYLOAD_LEN};
@@ -91,18 +92,19 @@ pub fn should_encrypt(direction: Direction, payload_type: PayloadType) -> bool {
     }
 }
 
-fn aes_key(bytes: &[u8]) -> Result<LessSafeKey, CryptoError> {
+fn aes_key(bytes: &[u8]) -> Result<Arc<LessSafeKey>, CryptoError> {
     UnboundKey::new(&AES_256_GCM, bytes)
-        .map(LessSafeKey::new)
+        .map(|k| Arc::new(LessSafeKey::new(k)))
         .map_err(|_| CryptoError::DataKeyLength(bytes.len()))
 }
 
-/// The two per-direction keys of one session, seen from one end.
+/// The two per-direction keys of one session, seen from one end. aws-lc's
+/// keys are not `Clone`: sealers and openers share them.
 #[derive(Clone)]
 pub struct SessionKeys {
     role: Role,
-    agent_to_client: LessSafeKey,
-    client_to_agent: LessSafeKey,
+    agent_to_client: Arc<LessSafeKey>,
+    client_to_agent: Arc<LessSafeKey>,
 }
 
 impl fmt::Debug for SessionKeys {
@@ -138,7 +140,7 @@ impl SessionKeys {
         self.role
     }
 
-    fn key(&self, d: Direction) -> &LessSafeKey {
+    fn key(&self, d: Direction) -> &Arc<LessSafeKey> {
         match d {
             Direction::AgentToClient => &self.agent_to_client,
             Direction::ClientToAgent => &self.client_to_agent,
@@ -220,7 +222,7 @@ pub fn increment_nonce(nonce: &mut [u8; NONCE_LEN]) {
 
 /// Seals what one end sends.
 pub struct Sealer<'r> {
-    key: LessSafeKey,
+    key: Arc<LessSafeKey>,
     nonces: NonceSource<'r>,
 }
 
@@ -297,7 +299,7 @@ impl Sealer<'_> {
 /// Opens what one end receives.
 #[derive(Clone)]
 pub struct Opener {
-    key: LessSafeKey,
+    key: Arc<LessSafeKey>,
 }
 
 impl fmt::Debug for Opener {

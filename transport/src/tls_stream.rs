@@ -8,9 +8,10 @@
 //! hands over the traffic keys once the handshake is done and keeps doing
 //! what only it should: deriving the next keys on a KeyUpdate and taking
 //! session tickets. This module is the "kernel": records are read straight
-//! into one buffer, opened in place with ring, and copied once into the
-//! caller's buffer; outgoing data is copied once into the record buffer and
-//! sealed there (RFC 8446 §5.2–5.5).
+//! into one buffer and decrypted from there into the caller's buffer, and
+//! outgoing data is encrypted from the caller's buffer into the record
+//! buffer (RFC 8446 §5.2–5.5). aws-lc's AES-GCM works out of place, so the
+//! only user-space pass over a byte is the cipher's.
 //!
 //! TLS 1.3 only: the handshake fails cleanly on a peer offering only 1.2.
 
@@ -19,7 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use ring::aead;
+use aws_lc_rs::aead;
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
@@ -365,13 +366,11 @@ impl TlsStream {
         })
     }
 
-    /// Opens the next complete record in the buffer, if there is one.
-    /// Application data becomes the readable plaintext; alerts and
-    /// post-handshake messages are handled here.
-    fn open_record(&mut self) -> io::Result<bool> {
+    /// The next complete record's header and body range, if one is buffered.
+    fn next_record(&self) -> io::Result<Option<([u8; HEADER_LEN], std::ops::Range<usize>)>> {
         let avail = self.cipher_end - self.cipher_start;
         if avail < HEADER_LEN {
-            return Ok(false);
+            return Ok(None);
         }
         let at = self.cipher_start;
         let header: [u8; HEADER_LEN] = self.rbuf[at..at + HEADER_LEN].try_into().unwrap();
@@ -387,56 +386,91 @@ impl TlsStream {
             return Err(protocol_error("record too short"));
         }
         if avail < HEADER_LEN + len {
-            return Ok(false);
+            return Ok(None);
         }
-        let body = at + HEADER_LEN..at + HEADER_LEN + len;
+        Ok(Some((header, at + HEADER_LEN..at + HEADER_LEN + len)))
+    }
+
+    /// Opens the next complete record in the buffer, if there is one.
+    /// Application data goes straight into `dest` when it has room for the
+    /// whole record (decrypted out of place: no copy of its own), else it
+    /// is opened in place and becomes the readable plaintext. Alerts and
+    /// post-handshake messages are handled here.
+    fn open_record(&mut self, dest: Option<&mut ReadBuf<'_>>) -> io::Result<bool> {
+        let Some((header, body)) = self.next_record()? else {
+            return Ok(false);
+        };
         let nonce = self.rx.next_nonce()?;
+        let inner_len = body.len() - TAG_LEN;
+        if let Some(dest) = dest.filter(|d| d.remaining() >= inner_len) {
+            // SAFETY: the AEAD only writes through this slice (aws-lc takes
+            // its pointer and length), and only the bytes it wrote are then
+            // marked initialised; tokio passes unfilled buffers to `read` the
+            // same way.
+            let out = unsafe {
+                &mut *(&mut dest.unfilled_mut()[..inner_len] as *mut [std::mem::MaybeUninit<u8>]
+                    as *mut [u8])
+            };
+            let (ciphertext, tag) = self.rbuf[body.clone()].split_at(inner_len);
+            self.rx
+                .key
+                .open_separate_gather(nonce, aead::Aad::from(header), ciphertext, tag, out)
+                .map_err(|_| protocol_error("record failed authentication"))?;
+            self.cipher_start = body.end;
+            let (content_type, len) = inner_content(out)?;
+            if content_type == CONTENT_APPLICATION_DATA {
+                // SAFETY: the first `len` unfilled bytes were written above.
+                unsafe { dest.assume_init(len) };
+                dest.advance(len);
+                return Ok(true);
+            }
+            let content = out[..len].to_vec();
+            self.handle_control(content_type, &content)?;
+            return Ok(true);
+        }
         let opened = self
             .rx
             .key
             .open_in_place(nonce, aead::Aad::from(header), &mut self.rbuf[body.clone()])
             .map_err(|_| protocol_error("record failed authentication"))?;
-        // TLSInnerPlaintext: content, the real type, then zero padding.
-        let Some(type_at) = opened.iter().rposition(|&b| b != 0) else {
-            return Err(protocol_error("record without a content type"));
-        };
-        let content_type = opened[type_at];
-        if type_at > MAX_PLAINTEXT {
-            return Err(protocol_error("record plaintext too large"));
-        }
+        let (content_type, len) = inner_content(opened)?;
         self.cipher_start = body.end;
-        let content = body.start..body.start + type_at;
-        match content_type {
-            CONTENT_APPLICATION_DATA => {
-                self.plain_start = content.start;
-                self.plain_end = content.end;
-            }
-            CONTENT_ALERT => {
-                let alert = &self.rbuf[content];
-                if alert.len() != 2 {
-                    return Err(protocol_error("malformed alert"));
-                }
-                if alert[1] == ALERT_CLOSE_NOTIFY {
-                    self.read_closed = true;
-                } else {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        format!("TLS: peer sent alert {}", alert[1]),
-                    ));
-                }
-            }
-            CONTENT_HANDSHAKE => {
-                let message = self.rbuf[content].to_vec();
-                self.post_handshake(&message)?;
-            }
-            _ => return Err(protocol_error("unexpected content type")),
+        let content = body.start..body.start + len;
+        if content_type == CONTENT_APPLICATION_DATA {
+            self.plain_start = content.start;
+            self.plain_end = content.end;
+            return Ok(true);
         }
+        let content = self.rbuf[content].to_vec();
+        self.handle_control(content_type, &content)?;
         Ok(true)
     }
 
+    /// An alert or post-handshake message (§6, §4.6).
+    fn handle_control(&mut self, content_type: u8, content: &[u8]) -> io::Result<()> {
+        match content_type {
+            CONTENT_ALERT => {
+                if content.len() != 2 {
+                    return Err(protocol_error("malformed alert"));
+                }
+                if content[1] == ALERT_CLOSE_NOTIFY {
+                    self.read_closed = true;
+                    Ok(())
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("TLS: peer sent alert {}", content[1]),
+                    ))
+                }
+            }
+            CONTENT_HANDSHAKE => self.post_handshake(content),
+            _ => Err(protocol_error("unexpected content type")),
+        }
+    }
+
     /// [`Self::open_record`], then sends a KeyUpdate reply it queued.
-    fn open_next(&mut self) -> io::Result<bool> {
-        let opened = self.open_record()?;
+    fn open_next(&mut self, dest: Option<&mut ReadBuf<'_>>) -> io::Result<bool> {
+        let opened = self.open_record(dest)?;
         if self.pending_write() > 0 {
             self.try_drain();
         }
@@ -497,6 +531,30 @@ impl TlsStream {
         ];
         self.wbuf.reserve(HEADER_LEN + body_len);
         self.wbuf.extend_from_slice(&header);
+        if let [part] = parts {
+            // One slice (the bulk case: a large payload cut into records):
+            // sealed out of place, straight from the caller's bytes.
+            let nonce = self.tx.next_nonce()?;
+            let spare = &mut self.wbuf.spare_capacity_mut()[..body_len];
+            // SAFETY: as in `open_record`, the AEAD only writes through
+            // this slice, and the length is set only after it wrote all of it.
+            let out = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+            let (ciphertext, type_and_tag) = out.split_at_mut(len);
+            self.tx
+                .key
+                .seal_out_of_place_scatter(
+                    nonce,
+                    aead::Aad::from(header),
+                    part,
+                    ciphertext,
+                    &[content_type],
+                    type_and_tag,
+                )
+                .map_err(|_| io::Error::other("TLS: seal failed"))?;
+            // SAFETY: `body_len` bytes after the header were written above.
+            unsafe { self.wbuf.set_len(start + HEADER_LEN + body_len) };
+            return Ok(());
+        }
         for part in parts {
             self.wbuf.extend_from_slice(part);
         }
@@ -621,27 +679,29 @@ impl AsyncRead for TlsStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let filled_before = buf.filled().len();
         loop {
             if this.plain_start < this.plain_end {
                 let n = buf.remaining().min(this.plain_end - this.plain_start);
                 buf.put_slice(&this.rbuf[this.plain_start..this.plain_start + n]);
                 this.plain_start += n;
-                // Copy on from the next records while the caller has room:
-                // fewer round trips through the task for large reads.
                 if buf.remaining() == 0 || this.plain_start < this.plain_end {
                     return Poll::Ready(Ok(()));
-                }
-                match this.open_next() {
-                    Ok(true) => continue,
-                    Ok(false) => return Poll::Ready(Ok(())),
-                    Err(e) => return Poll::Ready(Err(e)),
                 }
             }
             if this.read_closed {
                 return Poll::Ready(Ok(()));
             }
-            if this.open_next()? {
+            // Go on through the buffered records while the caller has room:
+            // fewer round trips through the task for large reads.
+            if this.open_next(Some(buf))? {
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
                 continue;
+            }
+            if buf.filled().len() > filled_before {
+                return Poll::Ready(Ok(()));
             }
             let n = ready!(this.poll_fill(cx))?;
             if n == 0 {
@@ -767,6 +827,18 @@ impl TlsStream {
     }
 }
 
+/// TLSInnerPlaintext (§5.2): content, the real type, then zero padding.
+/// Returns the type and the content's length.
+fn inner_content(opened: &[u8]) -> io::Result<(u8, usize)> {
+    let Some(type_at) = opened.iter().rposition(|&b| b != 0) else {
+        return Err(protocol_error("record without a content type"));
+    };
+    if type_at > MAX_PLAINTEXT {
+        return Err(protocol_error("record plaintext too large"));
+    }
+    Ok((opened[type_at], type_at))
+}
+
 fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
 }
@@ -850,14 +922,28 @@ mod tests {
         w.shutdown().await.unwrap();
     }
 
-    async fn read_all<R: AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
+    /// Reads to the end in reads of `size`: smaller than a record, records
+    /// are opened in place and copied out; larger, they are opened straight
+    /// into the buffer.
+    async fn read_all<R: AsyncRead + Unpin>(mut r: R, size: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        r.read_to_end(&mut out).await.unwrap();
-        out
+        let mut buf = vec![0u8; size];
+        loop {
+            match r.read(&mut buf).await.unwrap() {
+                0 => return out,
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
     }
 
     #[tokio::test]
     async fn our_ends_carry_both_directions_at_once_and_close_cleanly() {
+        for read_size in [100, 1 << 20] {
+            both_directions_with_reads_of(read_size).await;
+        }
+    }
+
+    async fn both_directions_with_reads_of(read_size: usize) {
         within(async {
             let cfg = configs();
             let (near, far) = tcp_pair().await;
@@ -867,8 +953,8 @@ mod tests {
             let (cr, cw) = tokio::io::split(client);
             let (sr, sw) = tokio::io::split(server);
             let (got_up, got_down, _, _) = tokio::join!(
-                read_all(sr),
-                read_all(cr),
+                read_all(sr, read_size),
+                read_all(cr, read_size),
                 write_unevenly(cw, up.clone(), 3),
                 write_unevenly(sw, down.clone(), 5),
             );
@@ -956,9 +1042,16 @@ mod tests {
     }
 
     /// A byte flipped on the wire is a read error, and nothing read before
-    /// it differs from what was sent.
+    /// it differs from what was sent: with reads smaller than a record
+    /// (opened in place) and larger (opened straight into the reader's buffer).
     #[tokio::test]
     async fn tampered_record_is_an_error_not_data() {
+        for read_size in [10_000, 1 << 20] {
+            tampered_record_with_reads_of(read_size).await;
+        }
+    }
+
+    async fn tampered_record_with_reads_of(read_size: usize) {
         within(async {
             let cfg = configs();
             let (near, relay_near) = tcp_pair().await;
@@ -998,7 +1091,7 @@ mod tests {
                 let _ = client.read(&mut b).await;
             });
             let mut got = Vec::new();
-            let mut buf = vec![0u8; 10_000];
+            let mut buf = vec![0u8; read_size];
             let err = loop {
                 match server.read(&mut buf).await {
                     Ok(0) => panic!("clean end of stream after a tampered record"),
@@ -1044,7 +1137,7 @@ mod tests {
             let cfg = configs();
             let (near, far) = tcp_pair().await;
             let (mut client, server) = ours_over(&cfg, near, far).await;
-            let drain = tokio::spawn(read_all(server));
+            let drain = tokio::spawn(read_all(server, 64 * 1024));
             client.write_all(&noise(1 << 20, 5)).await.unwrap();
             client.flush().await.unwrap();
             assert!(client.wbuf.capacity() > MAX_RECORD, "bulk keeps its buffer");
