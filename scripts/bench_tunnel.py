@@ -275,6 +275,8 @@ def main():
                          "interleaved with the first, for A/B comparisons")
     ap.add_argument("--perf", metavar="FILE",
                     help="only profile one airlock transfer with `perf record` into FILE")
+    ap.add_argument("--perf-conns", type=int, default=1, metavar="N",
+                    help="connections in the profiled transfer (default 1)")
     args = ap.parse_args()
     if not (BIN / "airlock").exists():
         raise SystemExit(f"{BIN}/airlock missing: cargo build --release --bins")
@@ -296,10 +298,10 @@ def main():
                                      "-o", args.perf, "-p",
                                      ",".join(map(str, tunnel_pids))])
             time.sleep(1)  # let perf attach; profiling only, nothing is timed here
-            r = b.transfer(tunnel_port, 1, tunnel_pids)
+            r = b.transfer(tunnel_port, args.perf_conns, tunnel_pids)
             perf.send_signal(signal.SIGINT)
             perf.wait()
-            print(f"airlock 1 conn {fmt_rate(r[0])} {r[1]:.2f} CPU-s/GB; profile in {args.perf}")
+            print(f"airlock {args.perf_conns} conn {fmt_rate(r[0])} {r[1]:.2f} CPU-s/GB; profile in {args.perf}")
             return
         results = {}
         per_round = {}

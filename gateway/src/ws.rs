@@ -10,7 +10,7 @@ use airlock_proto::messages::{
     AgentSessionState, AgentTaskAcknowledge, AgentTaskComplete, ChannelClosed, OpenControlChannel,
     OpenDataChannel, SessionDocument, SessionState, StartSessionTask, TaskEnvelope,
 };
-use airlock_transport::wsconn::WsConn;
+use airlock_transport::wsconn::{lists_unmasked_extension, WsConn, UNMASKED_EXTENSION};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -62,6 +62,15 @@ pub fn upgrade(
     let Ok(accept) = HeaderValue::from_str(&accept) else {
         return error_response(&ApiError::internal());
     };
+    // Our own clients and agents ask to send unmasked frames; masking only
+    // matters on cleartext connections (see UNMASKED_EXTENSION).
+    let unmasked = !state.config.server.insecure_http
+        && req
+            .headers()
+            .get_all("sec-websocket-extensions")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(lists_unmasked_extension);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max = state.config.limits.max_message_bytes;
     let st = state.clone();
@@ -79,6 +88,11 @@ pub fn upgrade(
             max,
             Default::default(),
         );
+        let ws = if unmasked {
+            ws.with_unmasked_client_frames()
+        } else {
+            ws
+        };
         match channel {
             Channel::Control(id) => control_channel(st, ws, id).await,
             Channel::Data(id) => data_channel(st, ws, id).await,
@@ -93,6 +107,12 @@ pub fn upgrade(
         HeaderValue::from_static("Upgrade"),
     );
     h.insert("sec-websocket-accept", accept);
+    if unmasked {
+        h.insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static(UNMASKED_EXTENSION),
+        );
+    }
     r
 }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::wsconn::UNMASKED_EXTENSION;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -119,13 +120,13 @@ pub async fn connect(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<WsStre
     };
     let fut = async {
         let mut io = target.dial(&tls).await.map_err(fail)?;
-        let already_read = upgrade(&mut io, &uri, &target).await.map_err(fail)?;
-        Ok(crate::wsconn::WsConn::new(
-            io,
-            Role::Client,
-            MAX_MESSAGE_SIZE,
-            already_read,
-        ))
+        let (already_read, unmasked) = upgrade(&mut io, &uri, &target).await.map_err(fail)?;
+        let ws = crate::wsconn::WsConn::new(io, Role::Client, MAX_MESSAGE_SIZE, already_read);
+        Ok(if unmasked {
+            ws.with_unmasked_client_frames()
+        } else {
+            ws
+        })
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
         Ok(r) => r,
@@ -134,17 +135,23 @@ pub async fn connect(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<WsStre
 }
 
 /// The client half of the HTTP/1.1 upgrade (RFC 6455 §4.1). Returns what
-/// arrived after the response head: the first websocket bytes, if any.
+/// arrived after the response head (the first websocket bytes, if any) and
+/// whether the server took [`UNMASKED_EXTENSION`], offered over TLS only.
 async fn upgrade(
     io: &mut Box<dyn Io>,
     uri: &http::Uri,
     target: &Target,
-) -> Result<BytesMut, String> {
+) -> Result<(BytesMut, bool), String> {
     let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let offer = if target.tls {
+        format!("Sec-WebSocket-Extensions: {UNMASKED_EXTENSION}\r\n")
+    } else {
+        String::new()
+    };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{offer}\r\n",
         target.host_header()
     );
     io.write_all(request.as_bytes())
@@ -159,16 +166,19 @@ async fn upgrade(
             let mut response = httparse::Response::new(&mut headers);
             match response.parse(&buf) {
                 Ok(httparse::Status::Complete(n)) => {
-                    check_upgrade_response(&response, &expected_accept)?;
-                    Some(n)
+                    let unmasked = check_upgrade_response(&response, &expected_accept)?;
+                    if unmasked && !target.tls {
+                        return Err("the server accepted an extension not offered".to_string());
+                    }
+                    Some((n, unmasked))
                 }
                 Ok(httparse::Status::Partial) => None,
                 Err(e) => return Err(format!("bad websocket upgrade response: {e}")),
             }
         };
-        if let Some(n) = head_len {
+        if let Some((n, unmasked)) = head_len {
             buf.advance(n);
-            return Ok(buf);
+            return Ok((buf, unmasked));
         }
         if buf.len() >= MAX_RESPONSE_HEAD {
             return Err("websocket upgrade response head too large".to_string());
@@ -180,10 +190,11 @@ async fn upgrade(
     }
 }
 
+/// Checks the 101 response; returns whether it took [`UNMASKED_EXTENSION`].
 fn check_upgrade_response(
     response: &httparse::Response<'_, '_>,
     expected_accept: &str,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let code = response.code.unwrap_or(0);
     if code != 101 {
         return Err(format!(
@@ -209,7 +220,12 @@ fn check_upgrade_response(
     if header("sec-websocket-accept").as_deref() != Some(expected_accept) {
         return Err("Sec-WebSocket-Accept does not match the key sent".to_string());
     }
-    Ok(())
+    // §4.1: an extension the client did not offer fails the connection.
+    match header("sec-websocket-extensions") {
+        None => Ok(false),
+        Some(v) if v.trim().eq_ignore_ascii_case(UNMASKED_EXTENSION) => Ok(true),
+        Some(v) => Err(format!("the server accepted an extension not offered: {v}")),
+    }
 }
 
 /// URLs may carry presigned credentials in the query; errors show only the path.
@@ -331,6 +347,8 @@ mod tls_tests {
         });
         let cfg = crate::tls::client_config(Some(&pem_path)).unwrap();
         let _ = std::fs::remove_file(&pem_path);
+        // A stock server ignores the unmasked extension: frames stay masked
+        // (tungstenite refuses unmasked ones) and the echo below works.
         let mut ws = connect(
             &format!("wss://{addr}/v1/control-channel/mi-1?role=subscribe&stream=input"),
             cfg,
@@ -362,5 +380,99 @@ mod tls_tests {
             }
             other => panic!("expected a certificate error, got {:?}", other.map(|_| ())),
         }
+    }
+
+    /// Over TLS our client offers the unmasked extension; a server that
+    /// takes it gets the client's frames unmasked.
+    #[tokio::test]
+    async fn a_server_taking_the_unmasked_extension_gets_unmasked_frames() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let pem_path =
+            std::env::temp_dir().join(format!("airlock-ws-ext-{}.pem", std::process::id()));
+        std::fs::write(&pem_path, ck.cert.pem()).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let srv = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(s).await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(tls.read_u8().await.unwrap());
+            }
+            let head = String::from_utf8(head).unwrap();
+            assert!(
+                head.lines().any(|l| l.eq_ignore_ascii_case(&format!(
+                    "sec-websocket-extensions: {UNMASKED_EXTENSION}"
+                ))),
+                "extension not offered: {head}"
+            );
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap();
+            let response = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Extensions: {UNMASKED_EXTENSION}\r\n\r\n",
+                derive_accept_key(key.as_bytes())
+            );
+            tls.write_all(response.as_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
+            let mut frame = [0u8; 5];
+            tls.read_exact(&mut frame).await.unwrap();
+            frame
+        });
+        let cfg = crate::tls::client_config(Some(&pem_path)).unwrap();
+        let _ = std::fs::remove_file(&pem_path);
+        let mut ws = connect(&format!("wss://{addr}/"), cfg).await.unwrap();
+        ws.send(Message::binary(b"abc".to_vec())).await.unwrap();
+        assert_eq!(srv.await.unwrap(), [0x82, 0x03, b'a', b'b', b'c']);
+    }
+
+    /// An extension the client did not offer fails the upgrade (§4.1).
+    #[test]
+    fn an_extension_not_offered_is_refused() {
+        let accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+        let check = |extension: Option<&str>| {
+            let mut headers = vec![
+                httparse::Header {
+                    name: "Upgrade",
+                    value: b"websocket",
+                },
+                httparse::Header {
+                    name: "Connection",
+                    value: b"Upgrade",
+                },
+                httparse::Header {
+                    name: "Sec-WebSocket-Accept",
+                    value: accept.as_bytes(),
+                },
+            ];
+            if let Some(e) = extension {
+                headers.push(httparse::Header {
+                    name: "Sec-WebSocket-Extensions",
+                    value: e.as_bytes(),
+                });
+            }
+            let response = httparse::Response {
+                version: Some(1),
+                code: Some(101),
+                reason: Some("Switching Protocols"),
+                headers: &mut headers,
+            };
+            check_upgrade_response(&response, accept)
+        };
+        assert_eq!(check(None), Ok(false));
+        assert_eq!(check(Some(UNMASKED_EXTENSION)), Ok(true));
+        assert!(check(Some("permessage-deflate")).is_err());
     }
 }

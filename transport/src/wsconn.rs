@@ -35,6 +35,24 @@ use tokio_tungstenite::tungstenite::{Error, Message};
 /// payload longer than what such a read brought along is read into its own
 /// buffer, so this only bounds small frames and header reads.
 const HEADER_READ: usize = 16 * 1024;
+
+/// A `Sec-WebSocket-Extensions` token our client offers and our gateway
+/// accepts, only over TLS: the client's frames go unmasked. Masking keeps
+/// a client's chosen bytes off the wire of a cleartext connection, where a
+/// caching proxy could misread them as HTTP (RFC 6455 §10.3); inside TLS
+/// no proxy sees them, and the client's XOR pass is a tenth of a tunnel's
+/// CPU. Stock peers never offer it and keep masking.
+pub const UNMASKED_EXTENSION: &str = "x-airlock-unmasked";
+
+/// Whether a `Sec-WebSocket-Extensions` value lists [`UNMASKED_EXTENSION`]
+/// (comma-separated extensions, each with optional `;` parameters).
+pub fn lists_unmasked_extension(header: &str) -> bool {
+    header.split(',').any(|ext| {
+        ext.split(';')
+            .next()
+            .is_some_and(|name| name.trim().eq_ignore_ascii_case(UNMASKED_EXTENSION))
+    })
+}
 /// `poll_ready` says "full" once this much is queued and unwritten.
 const WRITE_QUEUE_HIGH: usize = 256 * 1024;
 /// Payloads up to this size share one buffer with their header, so a small
@@ -87,6 +105,9 @@ pub struct WsConn<S> {
     pong: Option<Bytes>,
     close_sent: bool,
     masks: MaskSource,
+    /// The client's frames are masked (RFC 6455 §5.3) unless both ends
+    /// agreed on [`UNMASKED_EXTENSION`].
+    client_frames_masked: bool,
     wakers: Arc<WakerPair>,
 }
 
@@ -138,8 +159,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             pong: None,
             close_sent: false,
             masks: MaskSource::default(),
+            client_frames_masked: true,
             wakers: Arc::default(),
         }
+    }
+
+    /// Both ends agreed on [`UNMASKED_EXTENSION`]: the client's frames go
+    /// unmasked (a server still takes masked ones).
+    pub fn with_unmasked_client_frames(mut self) -> Self {
+        self.client_frames_masked = false;
+        self
     }
 
     fn proxy_waker(&self) -> Waker {
@@ -194,8 +223,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         let header = FrameHeader {
             opcode,
             mask: match self.role {
-                Role::Client => Some(self.masks.next()),
-                Role::Server => None,
+                Role::Client if self.client_frames_masked => Some(self.masks.next()),
+                Role::Client | Role::Server => None,
             },
             ..FrameHeader::default()
         };
@@ -368,7 +397,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             return Err(ProtocolError::NonZeroReservedBits.into());
         }
         match (self.role, header.mask.is_some()) {
-            (Role::Server, false) => return Err(ProtocolError::UnmaskedFrameFromClient.into()),
+            (Role::Server, false) if self.client_frames_masked => {
+                return Err(ProtocolError::UnmaskedFrameFromClient.into())
+            }
             (Role::Client, true) => return Err(ProtocolError::MaskedFrameFromServer.into()),
             _ => {}
         }
@@ -923,6 +954,58 @@ mod tests {
                 .unwrap();
             assert_eq!(raw[1] & 0x80 != 0, masked, "{role:?}");
         }
+    }
+
+    /// With the unmasked extension agreed, a client's frames (small ones,
+    /// coalesced with their header, and large ones) go out unmasked and our
+    /// server takes them, as it still takes masked ones; without it, our
+    /// server refuses an unmasked frame.
+    #[tokio::test]
+    async fn unmasked_extension_drops_the_clients_mask_only_when_agreed() {
+        let big = Bytes::from(vec![7u8; 200_000]);
+        for client_unmasked in [true, false] {
+            let (a, b) = duplex(1 << 20);
+            let client = WsConn::new(a, Role::Client, MAX, BytesMut::new());
+            let mut client = if client_unmasked {
+                client.with_unmasked_client_frames()
+            } else {
+                client
+            };
+            let mut server =
+                WsConn::new(b, Role::Server, MAX, BytesMut::new()).with_unmasked_client_frames();
+            for payload in [Bytes::from_static(b"small"), big.clone()] {
+                client.send(Message::Binary(payload.clone())).await.unwrap();
+                let got = server.next().await.unwrap().unwrap();
+                assert_eq!(got, Message::Binary(payload));
+            }
+        }
+        let (a, mut b) = duplex(64 * 1024);
+        let mut client =
+            WsConn::new(a, Role::Client, MAX, BytesMut::new()).with_unmasked_client_frames();
+        client
+            .send(Message::Binary(Bytes::from_static(b"abc")))
+            .await
+            .unwrap();
+        let mut raw = [0u8; 5];
+        tokio::io::AsyncReadExt::read_exact(&mut b, &mut raw)
+            .await
+            .unwrap();
+        assert_eq!(raw, [0x82, 0x03, b'a', b'b', b'c'], "sent unmasked");
+        assert!(matches!(
+            server_reading(&raw, MAX).await,
+            Some(Err(Error::Protocol(ProtocolError::UnmaskedFrameFromClient)))
+        ));
+    }
+
+    #[test]
+    fn the_unmasked_extension_is_found_among_others() {
+        assert!(lists_unmasked_extension(UNMASKED_EXTENSION));
+        assert!(lists_unmasked_extension(
+            "permessage-deflate; client_max_window_bits, X-Airlock-Unmasked"
+        ));
+        assert!(lists_unmasked_extension("x-airlock-unmasked; v=1"));
+        assert!(!lists_unmasked_extension("permessage-deflate"));
+        assert!(!lists_unmasked_extension("x-airlock-unmasked-not"));
     }
 
     #[tokio::test]
