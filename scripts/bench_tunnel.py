@@ -99,6 +99,12 @@ def cpu_seconds_each(pids):
     return each
 
 
+def machine_ticks():
+    """(idle, total) jiffies of all cores, from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
 def peak_rss_mib(pid):
     """VmHWM: the most resident memory the process ever had."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -167,6 +173,7 @@ class Bench:
         self.sink.stdin.write(f"{conns}\n".encode())
         self.sink.stdin.flush()
         before = cpu_seconds_each(cpu_pids)
+        idle_before, total_before = machine_ticks()
         senders = [subprocess.Popen(
             ["socat", "-u", "-b", "131072", f"OPEN:{src},rdonly", f"TCP:127.0.0.1:{port}"])
             for _ in range(conns)]
@@ -179,7 +186,11 @@ class Bench:
             raise SystemExit(f"sink got {total} bytes, expected {per * conns}")
         gb = total / 1e9
         each = [(a - b) / gb for a, b in zip(cpu_seconds_each(cpu_pids), before)]
-        return total / secs, sum(each), int(lo), int(hi), each
+        # How much of the machine sat idle: a path that leaves cores idle is
+        # held back by something other than CPU (flow control, scheduling).
+        idle_after, total_after = machine_ticks()
+        idle = (idle_after - idle_before) / max(total_after - total_before, 1)
+        return total / secs, sum(each), int(lo), int(hi), each, idle
 
     def socat_relay(self, target_port):
         port = free_port()
@@ -331,7 +342,8 @@ def main():
                 print(f"{name:9} {conns:2} conn  {fmt_rate(rate)}  {cpu_txt}  "
                       f"runs: {', '.join(f'{r[0] / 1e9:.2f}' for r in runs)} GB/s"
                       + (f"  min/max conn bytes {fair:.2f}" if conns > 1 else "")
-                      + (f"  per process {split}" if pids else ""),
+                      + (f"  per process {split}" if pids else "")
+                      + f"  idle {100 * statistics.median(r[5] for r in runs):.0f}%",
                       flush=True)
         for stack in ("airlock", "airlock-B"):
             if stack in paths:
