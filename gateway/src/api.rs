@@ -571,7 +571,7 @@ async fn start_session(
         &session_id,
         &target,
         &principal.principal,
-        state.config.limits.relay_buffer_frames,
+        state.config.limits.relay_queue(),
         &state.sessions_cancel,
     ));
     state.hub.insert_relay(relay.clone());

@@ -150,6 +150,10 @@ pub struct LimitsConfig {
     /// (and client->agent before the agent attaches). When full the gateway
     /// stops reading the sending socket. Default 1024.
     pub relay_buffer_frames: usize,
+    /// The same queues bounded in bytes: Airlock peers send frames of up to
+    /// a megabyte, so the frame bound alone would let one session hold
+    /// gigabytes. Default 32 MiB (two of an Airlock peer's 16 MiB windows).
+    pub relay_buffer_bytes: usize,
     /// Largest WebSocket message accepted, bytes. Default 2 MiB.
     pub max_message_bytes: usize,
     /// Lifetime of an unused session/channel token, seconds. Default 600.
@@ -178,10 +182,21 @@ impl Default for AwsConfig {
     }
 }
 
+impl LimitsConfig {
+    /// A relay queue's bounds: (frames, bytes); `validate` checked bytes fit.
+    pub fn relay_queue(&self) -> (usize, u32) {
+        (
+            self.relay_buffer_frames,
+            u32::try_from(self.relay_buffer_bytes).unwrap_or(u32::MAX),
+        )
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             relay_buffer_frames: 1024,
+            relay_buffer_bytes: 32 << 20,
             max_message_bytes: 2 << 20,
             token_ttl_secs: 600,
             max_body_bytes: 1 << 20,
@@ -259,6 +274,13 @@ impl Config {
                 "limits.relay_buffer_frames must be > 0".into(),
             ));
         }
+        if self.limits.relay_buffer_bytes == 0
+            || u32::try_from(self.limits.relay_buffer_bytes).is_err()
+        {
+            return Err(GatewayError::Config(
+                "limits.relay_buffer_bytes must be between 1 and 4294967295".into(),
+            ));
+        }
         if !(1..=43_200).contains(&self.iam.role_credentials_ttl_secs) {
             return Err(GatewayError::Config(
                 "iam.role_credentials_ttl_secs must be between 1 and 43200".into(),
@@ -327,5 +349,15 @@ mod tests {
         c.server.insecure_http = true;
         c.server.listen = "0.0.0.0:1".parse().unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn relay_byte_budget_must_fit_a_semaphore() {
+        let mut c = Config::default();
+        assert_eq!(c.limits.relay_queue(), (1024, 32 << 20));
+        for bad in [0, 1 << 32] {
+            c.limits.relay_buffer_bytes = bad;
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 }

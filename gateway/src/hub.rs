@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, OwnedMutexGuard};
+use tokio::sync::{mpsc, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::util::{new_token, now_ms, sha256_hex};
@@ -40,6 +40,79 @@ pub struct AgentHandle {
     pub tx: mpsc::Sender<Bytes>,
 }
 
+/// A frame in a relay queue. It holds its share of the queue's byte budget
+/// until dropped, which the socket task does once the frame is written.
+pub struct Queued {
+    pub frame: Bytes,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// The sending end of one direction of a relay: bounded in frames (stock
+/// peers send many small ones) and in bytes (ours send up to a megabyte
+/// each, so a frame bound alone would let one session hold gigabytes).
+#[derive(Clone)]
+pub struct RelaySender {
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    budget: u32,
+}
+
+/// The other end is gone: the session ended.
+#[derive(Debug)]
+pub struct RelayClosed;
+
+impl RelaySender {
+    fn budget_for(&self, frame: &Bytes) -> u32 {
+        // A frame larger than the whole budget waits for an empty queue.
+        u32::try_from(frame.len()).map_or(self.budget, |n| n.min(self.budget))
+    }
+
+    /// Waits for room (frames and bytes), then queues `frame`.
+    pub async fn send(&self, frame: Bytes) -> Result<(), RelayClosed> {
+        let budget = self
+            .bytes
+            .clone()
+            .acquire_many_owned(self.budget_for(&frame))
+            .await
+            .map_err(|_| RelayClosed)?;
+        self.tx
+            .send(Queued {
+                frame,
+                _budget: budget,
+            })
+            .await
+            .map_err(|_| RelayClosed)
+    }
+
+    /// Queues `frame` if there is room now; false if not (or closed).
+    pub fn try_send(&self, frame: Bytes) -> bool {
+        let Ok(budget) = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(self.budget_for(&frame))
+        else {
+            return false;
+        };
+        self.tx
+            .try_send(Queued {
+                frame,
+                _budget: budget,
+            })
+            .is_ok()
+    }
+}
+
+/// One direction of a relay, bounded at `frames` frames and `bytes` bytes.
+fn relay_queue(frames: usize, bytes: u32) -> (RelaySender, mpsc::Receiver<Queued>) {
+    let (tx, rx) = mpsc::channel(frames);
+    let sender = RelaySender {
+        tx,
+        bytes: Arc::new(Semaphore::new(bytes as usize)),
+        budget: bytes,
+    };
+    (sender, rx)
+}
+
 /// Which end of a session's relay a data-channel socket serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -55,7 +128,7 @@ const TAKEOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// that side, and the token the next socket for the side cancels to take
 /// over (the old one may be a half-open connection its peer gave up on).
 pub struct Attachment {
-    pub rx: OwnedMutexGuard<mpsc::Receiver<Bytes>>,
+    pub rx: OwnedMutexGuard<mpsc::Receiver<Queued>>,
     pub replaced: CancellationToken,
     /// This is not the side's first socket (a resume).
     pub reattach: bool,
@@ -63,7 +136,7 @@ pub struct Attachment {
 
 /// One side's attachment bookkeeping.
 struct SideState {
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
     current: Mutex<Option<CancellationToken>>,
     attaches: AtomicU32,
     /// Ms since which no socket is attached (0 while one is); see
@@ -72,7 +145,7 @@ struct SideState {
 }
 
 impl SideState {
-    fn new(rx: mpsc::Receiver<Bytes>, detached_ms: i64) -> Self {
+    fn new(rx: mpsc::Receiver<Queued>, detached_ms: i64) -> Self {
         SideState {
             rx: Arc::new(tokio::sync::Mutex::new(rx)),
             current: Mutex::new(None),
@@ -96,8 +169,8 @@ pub struct Relay {
     pub session_id: String,
     pub target: String,
     pub principal: String,
-    pub to_client_tx: mpsc::Sender<Bytes>,
-    pub to_agent_tx: mpsc::Sender<Bytes>,
+    pub to_client_tx: RelaySender,
+    pub to_agent_tx: RelaySender,
     client: SideState,
     agent: SideState,
     /// Cancelled when the session ends; socket tasks then send channel_closed.
@@ -306,17 +379,18 @@ impl Hub {
     }
 }
 
-/// A new relay with both queues bounded at `capacity` frames.
+/// A new relay with both queues bounded at `frames` frames and `bytes`
+/// bytes of frames.
 pub fn new_relay(
     session_id: &str,
     target: &str,
     principal: &str,
-    capacity: usize,
+    (frames, bytes): (usize, u32),
     parent: &CancellationToken,
 ) -> Relay {
     let now = now_ms();
-    let (ctx, crx) = mpsc::channel(capacity);
-    let (atx, arx) = mpsc::channel(capacity);
+    let (ctx, crx) = relay_queue(frames, bytes);
+    let (atx, arx) = relay_queue(frames, bytes);
     Relay {
         session_id: session_id.to_string(),
         target: target.to_string(),
@@ -353,7 +427,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_socket_takes_a_side_over_and_keeps_its_queue() {
         let root = CancellationToken::new();
-        let relay = new_relay("s-1", "mi-1", "user/a", 4, &root);
+        let relay = new_relay("s-1", "mi-1", "user/a", (4, 1 << 20), &root);
         assert!(!relay.is_attached(Side::Client));
         assert!(relay.detached_ms(Side::Client) > 0);
         let first = relay.attach(Side::Client).await.unwrap();
@@ -373,13 +447,54 @@ mod tests {
         let mut second = relay.attach(Side::Client).await.unwrap();
         old.await.unwrap();
         assert!(second.reattach);
-        assert_eq!(&second.rx.recv().await.unwrap()[..], b"f");
+        assert_eq!(&second.rx.recv().await.unwrap().frame[..], b"f");
         relay.detach(Side::Client);
         assert!(!relay.is_attached(Side::Client));
         // An ended session hands out nothing.
         drop(second);
         relay.cancel.cancel();
         let _ = relay.attach(Side::Client).await;
+    }
+
+    /// Both bounds hold: bytes (large frames) and frames (small ones); a
+    /// frame's bytes count until the frame is dropped after being written,
+    /// and a frame larger than the budget still passes an empty queue.
+    #[tokio::test]
+    async fn relay_queues_are_bounded_in_bytes_and_frames() {
+        let (tx, mut rx) = relay_queue(4, 1000);
+        assert!(tx.try_send(Bytes::from(vec![0u8; 600])));
+        assert!(
+            !tx.try_send(Bytes::from(vec![0u8; 600])),
+            "over the byte budget"
+        );
+        let first = rx.recv().await.unwrap();
+        assert!(
+            !tx.try_send(Bytes::from(vec![0u8; 600])),
+            "dequeued but not yet written: still counted"
+        );
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(Bytes::from(vec![0u8; 600])).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        waiting.await.unwrap().unwrap();
+        drop(rx.recv().await.unwrap());
+        // Larger than the whole budget: takes all of it.
+        tx.send(Bytes::from(vec![0u8; 5000])).await.unwrap();
+        assert!(!tx.try_send(Bytes::from_static(b"x")));
+        drop(rx.recv().await.unwrap());
+        // Small frames meet the frame bound first.
+        for _ in 0..4 {
+            assert!(tx.try_send(Bytes::from_static(b"x")));
+        }
+        assert!(
+            !tx.try_send(Bytes::from_static(b"x")),
+            "over the frame bound"
+        );
+        drop(rx);
+        assert!(tx.send(Bytes::from_static(b"x")).await.is_err());
     }
 
     #[test]

@@ -238,7 +238,7 @@ pub async fn restore_sessions(state: &AppState) {
             &s.session_id,
             &s.target,
             &principal,
-            state.config.limits.relay_buffer_frames,
+            state.config.limits.relay_queue(),
             &state.sessions_cancel,
         );
         // Maximum duration counts from the real start, not the restart.

@@ -509,7 +509,8 @@ async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
             _ = relay.cancel.cancelled() => break End::Cancelled,
             _ = att.replaced.cancelled() => break End::Replaced,
             m = att.rx.recv() => match m {
-                Some(b) => if !send(&mut ws, Message::Binary(b)).await { break End::Lost },
+                // The frame's bytes leave the relay's budget once written.
+                Some(q) => if !send(&mut ws, Message::Binary(q.frame.clone())).await { break End::Lost },
                 None => break End::Lost,
             },
             m = ws.next() => match m {
@@ -607,7 +608,8 @@ async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
             _ = relay.cancel.cancelled() => break End::Cancelled,
             _ = att.replaced.cancelled() => break End::Replaced,
             m = att.rx.recv() => match m {
-                Some(b) => if !send(&mut ws, Message::Binary(b)).await { break End::Lost },
+                // The frame's bytes leave the relay's budget once written.
+                Some(q) => if !send(&mut ws, Message::Binary(q.frame.clone())).await { break End::Lost },
                 None => break End::Lost,
             },
             m = ws.next() => match m {
@@ -631,8 +633,8 @@ async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
         }
         End::Cancelled => {
             // Deliver what the agent sent before the end (e.g. the exit code).
-            while let Ok(b) = att.rx.try_recv() {
-                if !send(&mut ws, Message::Binary(b)).await {
+            while let Ok(q) = att.rx.try_recv() {
+                if !send(&mut ws, Message::Binary(q.frame.clone())).await {
                     break;
                 }
             }

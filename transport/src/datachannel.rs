@@ -257,6 +257,7 @@ impl DataChannel {
             keepalive,
             last_heard: tokio::time::Instant::now(),
             pinged: false,
+            undecodable: 0,
         };
         let task = tokio::spawn(driver.run(ws, open_message, cmd_rx));
         DataChannel {
@@ -514,6 +515,8 @@ struct Driver {
     last_heard: tokio::time::Instant,
     /// A ping went out since then.
     pinged: bool,
+    /// Data-channel frames skipped because they could not be decoded.
+    undecodable: u64,
 }
 
 impl Driver {
@@ -631,8 +634,18 @@ impl Driver {
         match msg {
             Message::Binary(buf) => {
                 if let Err(e) = self.channel.handle_bytes(buf, now()) {
-                    // Hostile-input rule: one bad frame is skipped, never fatal.
-                    tracing::debug!(error = %e, "skipping undecodable data-channel frame");
+                    // Hostile-input rule: one bad frame is skipped, never
+                    // fatal. A peer that keeps sending what this end cannot
+                    // decode (an oversized frame it then resends) stalls the
+                    // session, so that is said out loud, at 1, 2, 4, ... frames.
+                    self.undecodable += 1;
+                    if self.undecodable.is_power_of_two() {
+                        tracing::warn!(
+                            error = %e,
+                            skipped = self.undecodable,
+                            "skipping a data-channel frame this end cannot decode"
+                        );
+                    }
                 }
             }
             // tungstenite queues the pong itself; make sure it gets flushed.
