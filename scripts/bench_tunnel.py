@@ -317,7 +317,9 @@ def main():
         results = {}
         per_round = {}
         print(f"loopback, {os.cpu_count()} cores, {args.size_mib} MiB per run, "
-              f"median of {args.rounds}; airlock: release build, TLS to the gateway, "
+              f"median of {args.rounds}; airlock: release build, "
+              + ("plain HTTP to the gateway (--no-tls diagnostic), " if args.no_tls
+                 else "TLS to the gateway, ")
               + ("KMS end-to-end encryption (requireEncryption)" if args.encrypt
                  else "no end-to-end encryption (--encrypt to enable)"))
         for conns in sorted({1, args.conns}):
