@@ -318,23 +318,27 @@ mod tls_tests {
 
     /// wss:// against a self-signed certificate trusted through a CA bundle
     /// file, the way `AWS_CA_BUNDLE` is used with the gateway.
-    #[tokio::test]
-    async fn wss_with_ca_bundle() {
+    /// A TLS acceptor with a fresh self-signed certificate for 127.0.0.1,
+    /// and a CA bundle file (named after `tag`) that trusts it.
+    fn self_signed(tag: &str) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
         let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
         let pem_path =
-            std::env::temp_dir().join(format!("airlock-ws-ca-{}.pem", std::process::id()));
+            std::env::temp_dir().join(format!("airlock-ws-{tag}-{}.pem", std::process::id()));
         std::fs::write(&pem_path, ck.cert.pem()).unwrap();
         let key =
             rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        (tokio_rustls::TlsAcceptor::from(Arc::new(server)), pem_path)
+    }
+
+    #[tokio::test]
+    async fn wss_with_ca_bundle() {
+        let (acceptor, pem_path) = self_signed("ca");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor2 = acceptor.clone();
@@ -387,19 +391,7 @@ mod tls_tests {
     #[tokio::test]
     async fn a_server_taking_the_unmasked_extension_gets_unmasked_frames() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-        let pem_path =
-            std::env::temp_dir().join(format!("airlock-ws-ext-{}.pem", std::process::id()));
-        std::fs::write(&pem_path, ck.cert.pem()).unwrap();
-        let key =
-            rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
-        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![ck.cert.der().clone()], key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let (acceptor, pem_path) = self_signed("ext");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let srv = tokio::spawn(async move {
