@@ -20,9 +20,9 @@ use airlock_proto::{FrameBuf, PayloadType, Role};
 use airlock_transport::api::CallError;
 use airlock_transport::datachannel::{ChannelEvent, DataChannel};
 use anyhow::{anyhow, bail, Context, Result};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use bytes::Bytes;
-use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::agent::Agent;
 

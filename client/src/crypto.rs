@@ -18,9 +18,9 @@ use airlock_proto::handshake::{
 };
 use airlock_proto::{FrameBuf, PayloadType, Role};
 use airlock_transport::api::{ApiClient, CallError};
+use aws_lc_rs::rand::SystemRandom;
 use base64::Engine;
 use bytes::Bytes;
-use ring::rand::SystemRandom;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// The Airlock capability under which port sessions are encrypted.

@@ -16,9 +16,9 @@ use airlock_kms::{
     alias_arn, blob_key_id, parse_key_ref, validate_alias_name, DataKeySpec, EncryptionContext,
     KeyRef, KeyRing, KeyState, KmsError, RootKey,
 };
+use aws_lc_rs::rand::SystemRandom;
 use base64::Engine;
 use http::{Response, StatusCode};
-use ring::rand::SystemRandom;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;

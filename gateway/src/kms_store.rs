@@ -31,10 +31,10 @@ pub fn kms_root_key(file_root: &[u8; 32]) -> Result<RootKey, GatewayError> {
             GatewayError::Crypto(format!("{ROOT_KEY_ENV} must be 64 hex characters"))
         });
     }
-    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"airlock");
+    let salt = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, b"airlock");
     let prk = salt.extract(file_root);
     let okm = prk
-        .expand(&[b"airlock kms root key v1"], ring::hkdf::HKDF_SHA256)
+        .expand(&[b"airlock kms root key v1"], aws_lc_rs::hkdf::HKDF_SHA256)
         .map_err(|_| GatewayError::Crypto("HKDF failed".into()))?;
     let mut out = [0u8; 32];
     okm.fill(&mut out)

@@ -14,8 +14,8 @@
 //! instance: a deregistered instance's tokens stop verifying (auth looks the
 //! instance up on every request).
 
+use aws_lc_rs::hmac;
 use base64::Engine;
-use ring::hmac;
 
 use crate::util::{random_string, UPPER_ALNUM};
 

@@ -1,5 +1,5 @@
 //! Local CA and server certificate under `<data-dir>/tls/`, created on first
-//! start and reused afterwards; a rustls acceptor on the ring provider.
+//! start and reused afterwards; a rustls acceptor on the aws-lc provider.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -134,7 +134,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("airlock-tls-{}", uuid::Uuid::new_v4()));
         let paths = ensure_material(&dir).unwrap();
         let config = server_config(&paths).unwrap();
-        let stock = rustls::crypto::ring::default_provider();
+        let stock = rustls::crypto::aws_lc_rs::default_provider();
         assert_eq!(
             stock.cipher_suites[0].suite(),
             rustls::CipherSuite::TLS13_AES_256_GCM_SHA384

@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::Path;
 
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
-use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::error::GatewayError;
 
@@ -24,7 +24,7 @@ pub fn new_token() -> String {
 
 /// Hex of SHA-256; tokens and activation codes are stored only in this form.
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
 
 /// `n` random characters from `alphabet` (unbiased by rejection).

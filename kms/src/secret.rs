@@ -24,7 +24,7 @@ impl RootKey {
         Ok(Self::from_bytes(arr))
     }
 
-    pub fn generate(rng: &dyn ring::rand::SecureRandom) -> Result<Self> {
+    pub fn generate(rng: &dyn aws_lc_rs::rand::SecureRandom) -> Result<Self> {
         let mut k = Zeroizing::new([0u8; 32]);
         rng.fill(&mut k[..])
             .map_err(|_| KmsError::Internal("random source failed".into()))?;

@@ -1,8 +1,8 @@
 use airlock_kms::{
     blob_key_id, DataKeySpec, EncryptionContext, KeyRing, KeyState, KmsError, RootKey, StoredKey,
 };
+use aws_lc_rs::rand::SystemRandom;
 use proptest::prelude::*;
-use ring::rand::SystemRandom;
 use uuid::Uuid;
 
 const NOW: i64 = 1_700_000_000;
@@ -359,7 +359,7 @@ fn secrets_are_redacted() {
 #[test]
 fn deterministic_rng_gives_deterministic_key() {
     #[allow(deprecated)]
-    let rng = ring::test::rand::FixedByteRandom { byte: 0x11 };
+    let rng = aws_lc_rs::test::rand::FixedByteRandom { byte: 0x11 };
     let a = ring_().create_key(&rng, "", NOW).unwrap();
     let b = ring_().create_key(&rng, "", NOW).unwrap();
     assert_eq!(a, b);

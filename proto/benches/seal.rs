@@ -2,8 +2,8 @@
 
 use airlock_proto::crypto::{NonceSource, SessionKeys};
 use airlock_proto::Role;
+use aws_lc_rs::rand::SystemRandom;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ring::rand::SystemRandom;
 
 fn bench(c: &mut Criterion) {
     let data_key = [0x5au8; 64];

@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use ring::rand::SecureRandom;
+use aws_lc_rs::rand::SecureRandom;
 
 use crate::frame::{FrameBuf, PayloadType, MAX_PAYLOAD_LEN};
 use crate::reliable::Role;
@@ -423,7 +423,7 @@ pub fn agent_verify_challenge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ring::rand::SystemRandom;
+    use aws_lc_rs::rand::SystemRandom;
 
     fn data_key() -> [u8; 64] {
         let mut k = [0u8; 64];
@@ -617,8 +617,8 @@ mod tests {
     }
 
     #[test]
-    fn known_answer_against_ring() {
-        // Computed independently with ring: key = data_key()[0..32],
+    fn known_answer_against_a_bare_aead_call() {
+        // Computed independently with a bare AEAD call: key = data_key()[0..32],
         // nonce = the counter start, no AAD.
         let start = [3u8; 12];
         let plain = b"EXIT_CODE: 0";

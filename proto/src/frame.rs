@@ -1,8 +1,8 @@
 //! The data-channel frame (spec §1): a 120-byte big-endian header followed by
 //! the payload. Decoding checks every length before it allocates or slices.
 
+use aws_lc_rs::digest;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use ring::digest;
 use uuid::Uuid;
 
 /// Bytes before the payload on the wire.

@@ -8,8 +8,8 @@
 //! 0 is `SHA-256("airlock-recording-v1\0" || header bytes)`; each chunk names
 //! the link before it, so a removed, reordered or altered chunk breaks it.
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use ring::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 
 use crate::event::{decode_events, encode_events, Event};
 use crate::{sha256, Error, Result};
@@ -60,7 +60,7 @@ pub fn genesis(header_bytes: &[u8]) -> [u8; 32] {
 
 /// The chain link after a chunk whose predecessor link is `prev`.
 pub fn link(prev: &[u8; 32], chunk: &[u8]) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(prev);
     ctx.update(chunk);
     let mut out = [0u8; 32];

@@ -3,7 +3,7 @@
 //! Everything here is shared by the signer and the verifier so the two can
 //! never disagree about a byte.
 
-use ring::{digest, hmac};
+use aws_lc_rs::{digest, hmac};
 
 /// The only algorithm we speak.
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";

@@ -470,9 +470,9 @@ where
 
 /// Message ids need uniqueness, not secrecy; fall back to the clock.
 fn random_seed() -> u64 {
-    use ring::rand::SecureRandom;
+    use aws_lc_rs::rand::SecureRandom;
     let mut buf = [0u8; 8];
-    if ring::rand::SystemRandom::new().fill(&mut buf).is_ok() {
+    if aws_lc_rs::rand::SystemRandom::new().fill(&mut buf).is_ok() {
         return u64::from_le_bytes(buf);
     }
     SystemTime::now()

@@ -17,7 +17,7 @@ pub enum TlsError {
 }
 
 /// Roots: the webpki set plus every certificate in `ca_bundle` (a PEM file,
-/// e.g. from `AWS_CA_BUNDLE`). Uses the ring provider explicitly.
+/// e.g. from `AWS_CA_BUNDLE`). Uses the aws-lc provider explicitly.
 pub fn client_config(ca_bundle: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -55,14 +55,14 @@ pub fn client_config(ca_bundle: Option<&Path>) -> Result<Arc<rustls::ClientConfi
 /// writes that each end in a sliver of a segment.
 pub const TLS_SEND_BUFFER: usize = 256 * 1024;
 
-/// The ring provider with the AES-128-GCM suites first. Every byte of a
+/// The aws-lc provider with the AES-128-GCM suites first. Every byte of a
 /// tunnel is TLS-sealed twice (client and agent legs), and AES-128 has 10
 /// rounds to AES-256's 14; both are what TLS 1.3 requires implementations to
 /// offer, and 128-bit keys are the suite AWS endpoints themselves prefer.
 /// The gateway orders its choice the same way, so a client that lists
 /// AES-256 first still gets AES-128.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider
         .cipher_suites
         .sort_by_key(|suite| !is_aes_128_gcm(suite.suite()));
@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn aes_128_gcm_comes_first_and_nothing_is_dropped() {
         let ours = provider();
-        let stock = rustls::crypto::ring::default_provider();
+        let stock = rustls::crypto::aws_lc_rs::default_provider();
         assert_eq!(ours.cipher_suites.len(), stock.cipher_suites.len());
         assert_eq!(
             ours.cipher_suites[0].suite(),

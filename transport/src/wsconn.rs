@@ -613,7 +613,9 @@ impl MaskSource {
             return k;
         }
         let mut raw = [0u8; 256];
-        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).is_err() {
+        if aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw)
+            .is_err()
+        {
             // No randomness: masking stays correct with any key, it only
             // loses the unpredictability that protects browser-era proxies.
             tracing::warn!("system random source failed; masking with a counter");
