@@ -105,10 +105,10 @@ def machine_ticks():
     return fields[3] + fields[4], sum(fields)
 
 
-def peak_rss_mib(pid):
-    """VmHWM: the most resident memory the process ever had."""
+def rss_mib(pid, field="VmHWM"):
+    """VmHWM: the most resident memory the process ever had; VmRSS: now."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -349,8 +349,10 @@ def main():
                       flush=True)
         for stack in ("airlock", "airlock-B"):
             if stack in paths:
-                print(f"{stack} peak RSS (VmHWM) after all runs: " + ", ".join(
-                    f"{name} {peak_rss_mib(pid):.0f} MiB"
+                # Resident now (idle, after the last run) beside the peak: what
+                # the allocator kept rather than what the transfers needed.
+                print(f"{stack} peak RSS (VmHWM) after all runs, and resident now: " + ", ".join(
+                    f"{name} {rss_mib(pid):.0f} MiB ({rss_mib(pid, 'VmRSS'):.0f} now)"
                     for name, pid in zip(("gateway", "agent", "client"), paths[stack][1])))
         print()
         for conns in sorted({1, args.conns}):

@@ -58,8 +58,12 @@ pub enum ChannelEvent {
 
 /// Commands queued to the driver (bounded).
 const COMMAND_QUEUE: usize = 64;
-/// Events queued to the handle (bounded).
-const EVENT_QUEUE: usize = 256;
+/// Events queued to the handle. Each may carry a payload of up to a
+/// megabyte that the reliable channel no longer counts once it is here, so
+/// this bounds the memory between the two: at 256 an agent relaying 16
+/// connections peaked at 250 MiB. Beyond it the channel holds payloads
+/// within its own byte budget, and then withholds acks.
+const EVENT_QUEUE: usize = 16;
 /// Time allowed to write the open message on a new socket, and to close.
 const SOCKET_OP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -923,6 +927,57 @@ mod tests {
         let ack = peer.next().await.unwrap().unwrap();
         let frame = Frame::decode(ack.into_data(), airlock_proto::frame::MAX_PAYLOAD_LEN).unwrap();
         assert_eq!(frame.message_type, MessageType::Acknowledge);
+    }
+
+    /// What a handle that stops reading lets the channel take (and ack)
+    /// is bounded: the reliable channel's two byte budgets (delivered, and
+    /// held ahead of the first frame it refused) plus the event queue. With
+    /// 256 queued events this took all 100 MiB offered.
+    #[tokio::test]
+    async fn a_handle_that_does_not_read_bounds_what_is_acked() {
+        const PAYLOAD: usize = 256 * 1024;
+        const FRAMES: i64 = 400; // 100 MiB offered
+        let (_ch, peer) = pair().await;
+        let payload = Bytes::from(vec![7u8; PAYLOAD]);
+        let (mut tx, mut rx) = peer.split();
+        let sender = tokio::spawn(async move {
+            for seq in 0..FRAMES {
+                let frame = Frame::new(
+                    MessageType::InputStreamData,
+                    seq,
+                    0,
+                    uuid::Uuid::from_u128(seq as u128 + 1),
+                    PayloadType::Output,
+                    payload.clone(),
+                    1_700_000_000_000,
+                )
+                .encode()
+                .unwrap();
+                if tx.send(Message::Binary(frame)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Count acks until none has come for a while: a slow machine can
+        // only make this count smaller, never larger.
+        let mut acked = 0usize;
+        while let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(500), rx.next()).await
+        {
+            if let Ok(f) = Frame::decode(m.into_data(), airlock_proto::frame::MAX_PAYLOAD_LEN) {
+                if f.message_type == MessageType::Acknowledge {
+                    acked += 1;
+                }
+            }
+        }
+        sender.abort();
+        // The event queue's share is 16 events, written out so that a
+        // larger queue fails here.
+        let bound = 2 * Config::default().max_buffered_bytes + 16 * PAYLOAD;
+        assert!(
+            acked > 0 && acked * PAYLOAD <= bound + PAYLOAD,
+            "{acked} frames of {PAYLOAD} bytes acked, bound {bound}"
+        );
     }
 
     #[tokio::test]
