@@ -894,14 +894,14 @@ mod tests {
         (ch, peer)
     }
 
-    fn data_frame(seq: i64, payload: &'static [u8]) -> Bytes {
+    fn data_frame(seq: i64, payload: impl Into<Bytes>) -> Bytes {
         Frame::new(
             MessageType::InputStreamData,
             seq,
             0,
             uuid::Uuid::from_u128(seq as u128 + 1),
             PayloadType::Output,
-            Bytes::from_static(payload),
+            payload.into(),
             1_700_000_000_000,
         )
         .encode()
@@ -916,7 +916,7 @@ mod tests {
         )))
         .await
         .unwrap();
-        peer.send(Message::Binary(data_frame(0, b"hello")))
+        peer.send(Message::Binary(data_frame(0, &b"hello"[..])))
             .await
             .unwrap();
         match ch.recv().await.unwrap() {
@@ -942,17 +942,7 @@ mod tests {
         let (mut tx, mut rx) = peer.split();
         let sender = tokio::spawn(async move {
             for seq in 0..FRAMES {
-                let frame = Frame::new(
-                    MessageType::InputStreamData,
-                    seq,
-                    0,
-                    uuid::Uuid::from_u128(seq as u128 + 1),
-                    PayloadType::Output,
-                    payload.clone(),
-                    1_700_000_000_000,
-                )
-                .encode()
-                .unwrap();
+                let frame = data_frame(seq, payload.clone());
                 if tx.send(Message::Binary(frame)).await.is_err() {
                     return;
                 }
