@@ -300,3 +300,32 @@ async fn terminate_session_closes_both_sides() {
     assert!(v.get("TokenValue").is_none(), "{v}");
     gw.stop().await;
 }
+
+/// On plain HTTP (loopback only) the gateway never agrees to unmasked
+/// frames, even when asked: masking is what protects a cleartext
+/// connection. (Over TLS it does: tests/e2e/test_websocket.py.)
+#[tokio::test]
+async fn no_unmasked_frames_over_plain_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new();
+    let gw = TestGateway::start(&dir.0).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /v1/data-channel/s-0123456789abcdef0?role=publish_subscribe HTTP/1.1\r\n\
+         Host: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Extensions: {}\r\n\r\n",
+        gw.addr,
+        airlock_transport::wsconn::UNMASKED_EXTENSION
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+    drop(s);
+    gw.stop().await;
+}
