@@ -40,8 +40,9 @@ const HEADER_READ: usize = 16 * 1024;
 /// accepts, only over TLS: the client's frames go unmasked. Masking keeps
 /// a client's chosen bytes off the wire of a cleartext connection, where a
 /// caching proxy could misread them as HTTP (RFC 6455 §10.3); inside TLS
-/// no proxy sees them, and the client's XOR pass is a tenth of a tunnel's
-/// CPU. Stock peers never offer it and keep masking.
+/// no proxy sees them, and dropping the client's copy-and-XOR pass and the
+/// gateway's unmasking cut a tunnel's CPU per GB by about an eighth
+/// (docs/PERFORMANCE.md). Stock peers never offer it and keep masking.
 pub const UNMASKED_EXTENSION: &str = "x-airlock-unmasked";
 
 /// Whether a `Sec-WebSocket-Extensions` value lists [`UNMASKED_EXTENSION`]
@@ -53,6 +54,7 @@ pub fn lists_unmasked_extension(header: &str) -> bool {
             .is_some_and(|name| name.trim().eq_ignore_ascii_case(UNMASKED_EXTENSION))
     })
 }
+
 /// `poll_ready` says "full" once this much is queued and unwritten.
 const WRITE_QUEUE_HIGH: usize = 256 * 1024;
 /// Payloads up to this size share one buffer with their header, so a small
