@@ -595,9 +595,28 @@ impl Driver {
     /// Pings a quiet socket; gives up on one that stayed silent.
     fn keep_alive(&mut self) {
         if self.write_blocked {
-            // The peer is not reading: backpressure (the gateway holds the
-            // socket while the other side is away), not a dead path. A ping
-            // would only queue behind the data; look again later.
+            // A ping would only queue behind the data. The kernel tells the
+            // two reasons for a full socket apart: backpressure (the gateway
+            // holds the socket while the other side is away) still gets
+            // every byte and probe acknowledged; a dead path gets nothing.
+            let silence = self.keepalive * MISSED_KEEPALIVES;
+            let progress = self
+                .ws
+                .as_ref()
+                .and_then(|ws| crate::ws::ack_progress(ws.get_ref().as_ref()));
+            if let Some(p) = progress.filter(|p| p.path_is_dead(silence)) {
+                let why = format!(
+                    "the gateway acknowledged nothing sent for {}s ({} segments unacknowledged, {} window probes unanswered)",
+                    p.since_last_ack.as_secs(),
+                    p.unacked_segments,
+                    p.unanswered_probes
+                );
+                // Worth a line at the default level: the session stalls
+                // until it reconnects, and the user may be watching.
+                tracing::warn!("{why}; reconnecting");
+                self.disconnect(Disconnect::Lost(why));
+                return;
+            }
             self.last_heard = tokio::time::Instant::now();
             self.pinged = false;
             return;
@@ -1011,6 +1030,32 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(started.elapsed() >= keepalive * MISSED_KEEPALIVES);
+    }
+
+    /// A peer that stops reading while we send shuts its TCP window: every
+    /// write waits, no pong can come back, and yet the path is alive. The
+    /// channel must wait (the kernel still gets its probes answered), for
+    /// many times the silence after which a dead path is dropped.
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_is_backpressure_not_loss() {
+        let keepalive = Duration::from_millis(200);
+        let (mut ch, _peer_never_reads) = pair_with_keepalive(keepalive).await;
+        let sender = ch.sender();
+        // Twice the send window: far more than the two socket buffers hold.
+        let pushing = tokio::spawn(async move {
+            for _ in 0..128 {
+                let payload = Bytes::from(vec![0x5a; 256 << 10]);
+                if sender.send(PayloadType::Output, payload).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let watched = keepalive * MISSED_KEEPALIVES * 5;
+        match tokio::time::timeout(watched, ch.recv()).await {
+            Err(_) => {}
+            Ok(event) => panic!("a reader that only stopped reading was given up on: {event:?}"),
+        }
+        pushing.abort();
     }
 
     #[tokio::test]

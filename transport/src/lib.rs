@@ -12,6 +12,8 @@
 //! - [`datachannel`]: the task that pumps a `proto::ReliableChannel` over a
 //!   websocket, keeps it alive and survives reconnects.
 //! - [`batch`]: port-session reads that become payloads without copies.
+//! - [`tcp_progress`]: whether the peer's kernel still acknowledges what we
+//!   send, which tells a dead path from backpressure.
 //!
 //! The gateway uses the socket-level pieces too, so both ends of a websocket
 //! read and allocate alike: [`ws`]'s settings, [`tls_stream`] and [`alloc`]'s
@@ -22,6 +24,7 @@ pub mod api;
 pub mod batch;
 pub mod credentials;
 pub mod datachannel;
+pub mod tcp_progress;
 #[cfg(test)]
 mod testutil;
 pub mod tls;

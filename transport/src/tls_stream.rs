@@ -329,6 +329,11 @@ impl std::fmt::Debug for TlsStream {
 }
 
 impl TlsStream {
+    /// The connection under the records.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
     fn new(
         tcp: TcpStream,
         kernel: Kernel,

@@ -3,16 +3,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tcp_progress::AckProgress;
+use crate::tls_stream::TlsStream;
 use crate::wsconn::UNMASKED_EXTENSION;
 use bytes::{Buf, BytesMut};
+use std::os::fd::AsFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// Either a plain or a TLS stream, so one websocket type serves both.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::any::Any {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// What the kernel says of the TCP connection under `io`, when it is one
+/// of ours (plain or TLS) and the kernel answers.
+pub fn ack_progress(io: &dyn Io) -> Option<AckProgress> {
+    let io: &dyn std::any::Any = io;
+    let tcp = io
+        .downcast_ref::<TcpStream>()
+        .or_else(|| io.downcast_ref::<TlsStream>().map(TlsStream::tcp))?;
+    AckProgress::of(tcp.as_fd()).ok()
+}
 
 pub type WsStream = crate::wsconn::WsConn<Box<dyn Io>>;
 
