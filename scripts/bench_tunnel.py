@@ -13,6 +13,7 @@ processes, read from /proc before and after each run."""
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -173,6 +174,7 @@ class Bench:
         self.sink.stdin.write(f"{conns}\n".encode())
         self.sink.stdin.flush()
         before = cpu_seconds_each(cpu_pids)
+        ends_before = self.ends_cpu()
         idle_before, total_before = machine_ticks()
         senders = [subprocess.Popen(
             ["socat", "-u", "-b", "131072", f"OPEN:{src},rdonly", f"TCP:127.0.0.1:{port}"])
@@ -190,7 +192,15 @@ class Bench:
         # held back by something other than CPU (flow control, scheduling).
         idle_after, total_after = machine_ticks()
         idle = (idle_after - idle_before) / max(total_after - total_before, 1)
-        return total / secs, sum(each), int(lo), int(hi), each, idle
+        ends = tuple((a - b) / gb for a, b in zip(self.ends_cpu(), ends_before))
+        return total / secs, sum(each), int(lo), int(hi), each, idle, ends
+
+    def ends_cpu(self):
+        """CPU seconds of the senders (reaped children: the relays are reaped
+        only at the end) and of the sink: the same programs on every path,
+        so a difference is what a path makes them do."""
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return reaped.ru_utime + reaped.ru_stime, cpu_seconds_each([self.sink.pid])[0]
 
     def socat_relay(self, target_port):
         port = free_port()
@@ -288,6 +298,10 @@ def main():
                     help="only profile one airlock transfer with `perf record` into FILE")
     ap.add_argument("--perf-conns", type=int, default=1, metavar="N",
                     help="connections in the profiled transfer (default 1)")
+    ap.add_argument("--perf-path", choices=["airlock", "socat2", "direct"], default="airlock",
+                    help="the path whose transfer is profiled (default airlock)")
+    ap.add_argument("--perf-sink", action="store_true",
+                    help="profile the sink (its threads included) instead of the path's relays")
     args = ap.parse_args()
     if not (BIN / "airlock").exists():
         raise SystemExit(f"{BIN}/airlock missing: cargo build --release --bins")
@@ -305,14 +319,16 @@ def main():
         if args.compare_bin_dir:
             paths["airlock-B"] = b.start_airlock(Path(args.compare_bin_dir), "airlock-B")
         if args.perf:
+            port, pids = paths[args.perf_path]
+            watched = [b.sink.pid] if args.perf_sink else pids
             perf = subprocess.Popen(["perf", *os.environ.get("BENCH_PERF_ARGS", "record -F 999 -g").split(),
-                                     "-o", args.perf, "-p",
-                                     ",".join(map(str, tunnel_pids))])
+                                     "-o", args.perf, "-p", ",".join(map(str, watched))])
             time.sleep(1)  # let perf attach; profiling only, nothing is timed here
-            r = b.transfer(tunnel_port, args.perf_conns, tunnel_pids)
+            r = b.transfer(port, args.perf_conns, pids)
             perf.send_signal(signal.SIGINT)
             perf.wait()
-            print(f"airlock {args.perf_conns} conn {fmt_rate(r[0])} {r[1]:.2f} CPU-s/GB; profile in {args.perf}")
+            print(f"{args.perf_path} {args.perf_conns} conn {fmt_rate(r[0])} {r[1]:.2f} CPU-s/GB; "
+                  f"profile in {args.perf}")
             return
         results = {}
         per_round = {}
@@ -345,7 +361,9 @@ def main():
                       f"runs: {', '.join(f'{r[0] / 1e9:.2f}' for r in runs)} GB/s"
                       + (f"  min/max conn bytes {fair:.2f}" if conns > 1 else "")
                       + (f"  per process {split}" if pids else "")
-                      + f"  idle {100 * statistics.median(r[5] for r in runs):.0f}%",
+                      + f"  idle {100 * statistics.median(r[5] for r in runs):.0f}%"
+                      + "  senders/sink {:.2f}/{:.2f} CPU-s/GB".format(
+                          *(statistics.median(r[6][i] for r in runs) for i in (0, 1))),
                       flush=True)
         for stack in ("airlock", "airlock-B"):
             if stack in paths:
