@@ -160,6 +160,11 @@ pub struct LimitsConfig {
     pub token_ttl_secs: u64,
     /// Largest HTTP request body, bytes. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// A websocket write that waits this long with nothing acknowledged by
+    /// the peer's TCP ends that socket (a dead path or a stopped peer); a
+    /// slow link that keeps acknowledging may take as long as it needs.
+    /// Seconds, default 30.
+    pub write_stall_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -190,6 +195,10 @@ impl LimitsConfig {
             u32::try_from(self.relay_buffer_bytes).unwrap_or(u32::MAX),
         )
     }
+
+    pub fn write_stall(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.write_stall_secs)
+    }
 }
 
 impl Default for LimitsConfig {
@@ -200,6 +209,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 2 << 20,
             token_ttl_secs: 600,
             max_body_bytes: 1 << 20,
+            write_stall_secs: 30,
         }
     }
 }
@@ -281,6 +291,11 @@ impl Config {
                 "limits.relay_buffer_bytes must be between 1 and 4294967295".into(),
             ));
         }
+        if !(1..=3600).contains(&self.limits.write_stall_secs) {
+            return Err(GatewayError::Config(
+                "limits.write_stall_secs must be between 1 and 3600".into(),
+            ));
+        }
         if !(1..=43_200).contains(&self.iam.role_credentials_ttl_secs) {
             return Err(GatewayError::Config(
                 "iam.role_credentials_ttl_secs must be between 1 and 43200".into(),
@@ -359,5 +374,17 @@ mod tests {
             c.limits.relay_buffer_bytes = bad;
             assert!(c.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn write_stall_is_bounded() {
+        let mut c = Config::default();
+        assert_eq!(c.limits.write_stall(), std::time::Duration::from_secs(30));
+        for bad in [0, 3601] {
+            c.limits.write_stall_secs = bad;
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        c.limits.write_stall_secs = 1;
+        assert!(c.validate().is_ok());
     }
 }

@@ -2,6 +2,7 @@
 //! per-session data-channel relay (agent socket <-> client socket).
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +11,16 @@ use airlock_proto::messages::{
     AgentSessionState, AgentTaskAcknowledge, AgentTaskComplete, ChannelClosed, OpenControlChannel,
     OpenDataChannel, SessionDocument, SessionState, StartSessionTask, TaskEnvelope,
 };
+use airlock_transport::tls_stream::TlsStream;
+use airlock_transport::ws::{ack_progress, Io, WsStream};
 use airlock_transport::wsconn::{lists_unmasked_extension, WsConn, UNMASKED_EXTENSION};
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -30,12 +34,32 @@ use crate::hub::{AgentHandle, Relay, Side, TokenKind, CONTROL_QUEUE};
 use crate::server::{error_response, AppState, Body};
 use crate::util::now_ms;
 
-type Ws = WsConn<TokioIo<hyper::upgrade::Upgraded>>;
+type Ws = WsStream;
 
 /// How long a socket may take to send its first (open) message.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one write may block before the peer is considered dead.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The upgraded connection as the stream hyper was given, so that writes can
+/// ask the kernel about the TCP connection under it, with the bytes hyper
+/// had read past the request.
+fn underlying(upgraded: hyper::upgrade::Upgraded) -> (Box<dyn Io>, BytesMut) {
+    let upgraded = match upgraded.downcast::<TokioIo<TlsStream>>() {
+        Ok(parts) => {
+            return (
+                Box::new(parts.io.into_inner()),
+                BytesMut::from(&parts.read_buf[..]),
+            )
+        }
+        Err(u) => u,
+    };
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (
+            Box::new(parts.io.into_inner()),
+            BytesMut::from(&parts.read_buf[..]),
+        ),
+        Err(u) => (Box::new(TokioIo::new(u)), BytesMut::new()),
+    }
+}
 
 pub enum Channel {
     Control(String),
@@ -82,12 +106,8 @@ pub fn upgrade(
                 return;
             }
         };
-        let ws = WsConn::new(
-            TokioIo::new(upgraded),
-            Role::Server,
-            max,
-            Default::default(),
-        );
+        let (io, already_read) = underlying(upgraded);
+        let ws = WsConn::new(io, Role::Server, max, already_read);
         let ws = if unmasked {
             ws.with_unmasked_client_frames()
         } else {
@@ -210,11 +230,42 @@ pub fn channel_closed_frame(
     encode(MessageType::ChannelClosed, serde_json::to_vec(&cc).ok()?)
 }
 
-async fn send(ws: &mut Ws, m: Message) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, ws.send(m)).await,
-        Ok(Ok(()))
-    )
+/// Sends one message. Peers always read their sockets, so a write that
+/// waits is waiting for the network: it may take as long as a slow link
+/// needs (a megabyte frame at 20 KB/s takes most of a minute), and the
+/// socket is given up only once `stall` passes with nothing acknowledged:
+/// a dead path, or a peer that stopped (suspended, hung). Without the
+/// kernel's word (not TCP), `stall` bounds the whole write.
+async fn send(ws: &mut Ws, m: Message, stall: Duration) -> bool {
+    let mut unsent = Some(m);
+    let mut acked = ack_progress(ws.get_ref().as_ref()).and_then(|p| p.bytes_acked);
+    loop {
+        // The message's state lives in `unsent` and the socket's buffer,
+        // not in this future, so a step cut short by the timer loses nothing.
+        let step = std::future::poll_fn(|cx| {
+            if unsent.is_some() {
+                std::task::ready!(Pin::new(&mut *ws).poll_ready(cx))?;
+                if let Some(m) = unsent.take() {
+                    Pin::new(&mut *ws).start_send(m)?;
+                }
+            }
+            Pin::new(&mut *ws).poll_flush(cx)
+        });
+        match tokio::time::timeout(stall, step).await {
+            Ok(r) => return r.is_ok(),
+            Err(_) => {
+                let now = ack_progress(ws.get_ref().as_ref()).and_then(|p| p.bytes_acked);
+                if now.is_none() || now <= acked {
+                    tracing::debug!(
+                        stall_secs = stall.as_secs(),
+                        "write made no progress; peer lost"
+                    );
+                    return false;
+                }
+                acked = now;
+            }
+        }
+    }
 }
 
 async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
@@ -238,6 +289,7 @@ async fn first_text(ws: &mut Ws) -> Option<String> {
 }
 
 async fn control_channel(state: Arc<AppState>, mut ws: Ws, instance_id: String) {
+    let stall = state.config.limits.write_stall();
     let span = tracing::info_span!("control", instance_id = %instance_id);
     async move {
         let Some(text) = first_text(&mut ws).await else { return };
@@ -291,7 +343,7 @@ async fn control_channel(state: Arc<AppState>, mut ws: Ws, instance_id: String) 
                     break;
                 }
                 m = rx.recv() => match m {
-                    Some(b) => if !send(&mut ws, Message::Binary(b)).await { break },
+                    Some(b) => if !send(&mut ws, Message::Binary(b), stall).await { break },
                     None => break,
                 },
                 m = ws.next() => match m {
@@ -363,7 +415,7 @@ async fn handle_control_frame(state: &AppState, ws: &mut Ws, instance_id: &str, 
         .ok()
         .and_then(|p| encode(MessageType::AgentTaskAcknowledge, p))
     {
-        let _ = send(ws, Message::Binary(f)).await;
+        let _ = send(ws, Message::Binary(f), state.config.limits.write_stall()).await;
     }
     // A task that failed before its data channel ran ends the session.
     if let Some(relay) = state.hub.relay(&done.task_id) {
@@ -407,7 +459,12 @@ async fn data_channel(state: Arc<AppState>, mut ws: Ws, session_id: String) {
         if let Some(f) =
             channel_closed_frame(&session_id, "", "Session is already terminated", None)
         {
-            let _ = send(&mut ws, Message::Binary(f)).await;
+            let _ = send(
+                &mut ws,
+                Message::Binary(f),
+                state.config.limits.write_stall(),
+            )
+            .await;
         }
         return close(&mut ws, CloseCode::Normal, "Session is already terminated").await;
     };
@@ -437,13 +494,13 @@ async fn data_channel(state: Arc<AppState>, mut ws: Ws, session_id: String) {
     }
 }
 
-async fn send_closed(ws: &mut Ws, relay: &Relay, destination: &str) {
+async fn send_closed(ws: &mut Ws, relay: &Relay, destination: &str, stall: Duration) {
     let (status, reason) = relay.reason().unzip();
     let reason = reason.unwrap_or_default();
     if let Some(f) =
         channel_closed_frame(&relay.session_id, destination, &reason, status.as_deref())
     {
-        let _ = send(ws, Message::Binary(f)).await;
+        let _ = send(ws, Message::Binary(f), stall).await;
     }
     close(ws, CloseCode::Normal, "").await;
 }
@@ -496,6 +553,7 @@ async fn note_reattached(state: &AppState, relay: &Relay, side: Side) {
 }
 
 async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
+    let stall = state.config.limits.write_stall();
     let Some(mut att) = relay.attach(Side::Agent).await else {
         return close(&mut ws, CloseCode::Policy, "agent already attached").await;
     };
@@ -510,7 +568,7 @@ async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
             _ = att.replaced.cancelled() => break End::Replaced,
             m = att.rx.recv() => match m {
                 // The frame's bytes leave the relay's budget once written.
-                Some(q) => if !send(&mut ws, Message::Binary(q.frame.clone())).await { break End::Lost },
+                Some(q) => if !send(&mut ws, Message::Binary(q.frame.clone()), stall).await { break End::Lost },
                 None => break End::Lost,
             },
             m = ws.next() => match m {
@@ -576,7 +634,7 @@ async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
     }
     match end {
         End::Cancelled if shutting_down(&state, &relay) => close_for_restart(&mut ws).await,
-        End::Cancelled => send_closed(&mut ws, &relay, &relay.target).await,
+        End::Cancelled => send_closed(&mut ws, &relay, &relay.target, stall).await,
         End::Replaced => {
             tracing::info!("agent data channel replaced by a newer connection");
             close(&mut ws, CloseCode::Normal, "replaced").await;
@@ -586,6 +644,7 @@ async fn agent_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
 }
 
 async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
+    let stall = state.config.limits.write_stall();
     let Some(mut att) = relay.attach(Side::Client).await else {
         return close(&mut ws, CloseCode::Policy, "a client is already attached").await;
     };
@@ -609,7 +668,7 @@ async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
             _ = att.replaced.cancelled() => break End::Replaced,
             m = att.rx.recv() => match m {
                 // The frame's bytes leave the relay's budget once written.
-                Some(q) => if !send(&mut ws, Message::Binary(q.frame.clone())).await { break End::Lost },
+                Some(q) => if !send(&mut ws, Message::Binary(q.frame.clone()), stall).await { break End::Lost },
                 None => break End::Lost,
             },
             m = ws.next() => match m {
@@ -634,12 +693,12 @@ async fn client_side(state: Arc<AppState>, mut ws: Ws, relay: Arc<Relay>) {
         End::Cancelled => {
             // Deliver what the agent sent before the end (e.g. the exit code).
             while let Ok(q) = att.rx.try_recv() {
-                if !send(&mut ws, Message::Binary(q.frame.clone())).await {
+                if !send(&mut ws, Message::Binary(q.frame.clone()), stall).await {
                     break;
                 }
             }
             drop(att);
-            send_closed(&mut ws, &relay, &relay.session_id).await;
+            send_closed(&mut ws, &relay, &relay.session_id, stall).await;
         }
         End::Replaced => {
             drop(att);

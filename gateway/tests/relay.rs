@@ -329,3 +329,162 @@ async fn no_unmasked_frames_over_plain_http() {
     drop(s);
     gw.stop().await;
 }
+
+/// A client on a slow link: its socket drains at about 640 KB/s, so a
+/// 1 MiB frame takes over a second and a half to leave the gateway once the
+/// buffers are full, longer than the 1 s write stall configured here. The
+/// gateway must keep the socket while the peer's TCP keeps acknowledging,
+/// and every frame must arrive in order over the one connection.
+#[tokio::test]
+async fn a_slow_client_that_keeps_acknowledging_is_not_dropped() {
+    let dir = TempDir::new();
+    let gw = TestGateway::start_with(&dir.0, |c| c.limits.write_stall_secs = 1).await;
+    let (id, agent) = register_agent(&gw).await;
+    let (_, _, body) = gw
+        .signed_post(
+            &format!("/v1/control-channel/{id}"),
+            "ssmmessages",
+            br#"{"MessageSchemaVersion":"1.0","RequestId":"r1"}"#,
+            &agent,
+        )
+        .await;
+    let mut control = ws_connect(
+        gw.addr,
+        &format!("/v1/control-channel/{id}?role=subscribe&stream=input"),
+    )
+    .await;
+    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r2", "TokenValue": token_of(&body), "AgentVersion": "0.1.0", "PlatformType": "linux"});
+    control
+        .send(Message::Text(open.to_string().into()))
+        .await
+        .unwrap();
+    let (_, start) = gw.ssm("StartSession", json!({"Target": id})).await;
+    let sid = start["SessionId"].as_str().unwrap().to_string();
+    let _ = next_binary(&mut control).await; // interactive_shell
+    let (_, _, body) = gw
+        .signed_post(
+            &format!("/v1/data-channel/{sid}"),
+            "ssmmessages",
+            br#"{"MessageSchemaVersion":"1.0","RequestId":"r3","ClientId":""}"#,
+            &agent,
+        )
+        .await;
+    let mut adata = ws_connect(
+        gw.addr,
+        &format!("/v1/data-channel/{sid}?role=publish_subscribe"),
+    )
+    .await;
+    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r4", "TokenValue": token_of(&body), "ClientInstanceId": id, "ClientId": ""});
+    adata
+        .send(Message::Text(open.to_string().into()))
+        .await
+        .unwrap();
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(32 << 10).unwrap();
+    let tcp = socket.connect(gw.addr).await.unwrap();
+    let (mut client, _) = tokio_tungstenite::client_async(
+        format!(
+            "ws://{}/v1/data-channel/{sid}?role=publish_subscribe",
+            gw.addr
+        ),
+        SlowReader::new(tcp),
+    )
+    .await
+    .unwrap();
+    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r5", "TokenValue": start["TokenValue"], "ClientId": "c"});
+    client
+        .send(Message::Text(open.to_string().into()))
+        .await
+        .unwrap();
+
+    const FRAMES: i64 = 6;
+    let sent: Vec<Bytes> = (0..FRAMES)
+        .map(|seq| {
+            frame(
+                MessageType::OutputStreamData,
+                PayloadType::Output,
+                seq,
+                &vec![seq as u8; 1 << 20],
+            )
+        })
+        .collect();
+    let agent_sends = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            for f in sent {
+                adata.send(Message::Binary(f)).await.unwrap();
+            }
+            adata
+        })
+    };
+    for expected in &sent {
+        let got = tokio::time::timeout(Duration::from_secs(30), client.next())
+            .await
+            .expect("the slow client waited too long for a frame");
+        match got {
+            Some(Ok(Message::Binary(b))) => assert!(b == *expected, "frame out of order"),
+            other => panic!("the gateway gave up on a slow client: {other:?}"),
+        }
+    }
+    let _adata = agent_sends.await.unwrap();
+    let (_, v) = gw.ssm("DescribeSessions", json!({"State": "Active"})).await;
+    assert_eq!(v["Sessions"][0]["Status"], "Connected", "{v}");
+    gw.stop().await;
+}
+
+/// A socket that reads at most 16 KiB per 25 ms: a link of about 640 KB/s.
+struct SlowReader {
+    tcp: tokio::net::TcpStream,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl SlowReader {
+    fn new(tcp: tokio::net::TcpStream) -> Self {
+        SlowReader { tcp, pause: None }
+    }
+}
+
+impl tokio::io::AsyncRead for SlowReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(pause) = self.pause.as_mut() {
+            std::task::ready!(std::future::Future::poll(pause.as_mut(), cx));
+            self.pause = None;
+        }
+        let mut chunk = [0u8; 16 << 10];
+        let want = buf.remaining().min(chunk.len());
+        let mut limited = tokio::io::ReadBuf::new(&mut chunk[..want]);
+        std::task::ready!(std::pin::Pin::new(&mut self.tcp).poll_read(cx, &mut limited))?;
+        buf.put_slice(limited.filled());
+        self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(25))));
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for SlowReader {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}

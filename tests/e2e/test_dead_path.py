@@ -1,4 +1,6 @@
-"""A network path that dies while the client is sending through a port
+"""Dead paths and slow ones, under load through a port forward.
+
+A network path that dies while the client is sending through a port
 forward. Real packet loss, made with iptables rules that drop both
 directions of the client's current connections to the gateway: no FIN, no
 RST, nothing acknowledged, exactly what a dead link looks like to TCP.
@@ -7,7 +9,12 @@ The client's socket is full at that moment, so no keepalive ping can go
 out; the client must learn from the kernel that nothing is being
 acknowledged, reconnect and resume, and the sink must get every byte.
 Before that check existed the client waited on the full socket until TCP
-itself gave up, about fifteen minutes."""
+itself gave up, about fifteen minutes.
+
+A slow path is the opposite case: the gateway's writes to the client wait
+much longer than its write stall (1 s here), yet the client's TCP keeps
+acknowledging, so the gateway must keep the socket rather than drop it and
+have the session reconnect over and over."""
 
 import hashlib
 import os
@@ -16,6 +23,8 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
+import types
 
 import pytest
 
@@ -186,3 +195,86 @@ def test_dead_path_under_load_is_noticed_and_the_forward_resumes(workdir, monkey
     history = reasons(session_history(gw))
     resumed = "client resumed" if sender == "client" else "agent data channel reattached"
     assert any(resumed in r for r in history), history
+
+
+class ThrottlingProxy:
+    """A TCP proxy in front of the gateway that passes the gateway's bytes
+    to the client at about 640 KB/s (16 KiB per 25 ms), with a small
+    receive buffer toward the gateway so the gateway feels it at once."""
+
+    def __init__(self, upstream_port):
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.socket()
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+            server.connect(self.upstream)
+            self.accepted += 1
+            threading.Thread(target=self._pump, args=(client, server, 0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, 0.025), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, pause):
+        try:
+            while True:
+                data = src.recv(16 << 10)
+                if not data:
+                    break
+                dst.sendall(data)
+                if pause:
+                    time.sleep(pause)  # the link's pace, not a wait for readiness
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_slow_link_that_keeps_acknowledging_is_not_dropped(workdir):
+    gw = ConfigGateway(os.path.join(workdir, "slow"),
+                       "[sessions]\nmax_per_target = 8\n[limits]\nwrite_stall_secs = 1\n")
+    total = 8 << 20
+    source = Source(total, 0)
+    source.release.set()
+    proxy = ThrottlingProxy(int(gw.url.rsplit(":", 1)[1]))
+    ag = tunnel = None
+    try:
+        ag = Agent(gw, workdir, name="slow-agent")
+        # The client's API calls and its websocket (built from the Host
+        # header) both go through the slow proxy.
+        via_proxy = types.SimpleNamespace(url=f"https://127.0.0.1:{proxy.port}", env=gw.env)
+        tunnel = Tunnel(via_proxy, "start-session", "--target", ag.instance_id,
+                        "--document-name", DOC_REMOTE,
+                        "--parameters", f"host=127.0.0.1,portNumber={source.port},localPortNumber=0")
+        connections = proxy.accepted
+        digest = hashlib.sha256()
+        got = 0
+        with socket.create_connection(("127.0.0.1", tunnel.port), timeout=TRANSFER_TIMEOUT) as s:
+            while data := s.recv(1 << 20):
+                digest.update(data)
+                got += len(data)
+        assert f"{got} {digest.hexdigest()}" == f"{total} {source.digest.hexdigest()}"
+        assert proxy.accepted == connections, "the client reconnected: the gateway dropped a slow socket"
+    finally:
+        for proc in (tunnel, ag):
+            if proc:
+                proc.close() if proc is tunnel else proc.stop()
+        proxy.close()
+        source.close()
+        gw.stop()
+    history = reasons(session_history(gw))
+    assert not any("client resumed" in r for r in history), history

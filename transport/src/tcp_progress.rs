@@ -20,6 +20,9 @@ pub struct AckProgress {
     pub unanswered_probes: u8,
     /// Time since the peer's kernel last acknowledged anything.
     pub since_last_ack: Duration,
+    /// Bytes the peer has acknowledged over the connection's life; None
+    /// from a kernel too old to say (before Linux 4.1).
+    pub bytes_acked: Option<u64>,
 }
 
 impl AckProgress {
@@ -55,10 +58,15 @@ impl AckProgress {
         // SAFETY: zero-initialised, so valid even if an old kernel filled
         // fewer bytes than the struct holds.
         let info = unsafe { info.assume_init() };
+        let filled = |end: usize| len as usize >= end;
         Ok(AckProgress {
             unacked_segments: info.tcpi_unacked,
             unanswered_probes: info.tcpi_probes,
             since_last_ack: Duration::from_millis(info.tcpi_last_ack_recv.into()),
+            bytes_acked: filled(
+                std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>(),
+            )
+            .then_some(info.tcpi_bytes_acked),
         })
     }
 
@@ -82,6 +90,7 @@ mod tests {
             unacked_segments,
             unanswered_probes,
             since_last_ack: Duration::from_secs(secs),
+            bytes_acked: None,
         }
     }
 
@@ -124,15 +133,27 @@ mod tests {
             written.unwrap();
         }
         let silence = Duration::from_millis(1500);
+        let shut_at = AckProgress::of(sender.as_fd()).unwrap().bytes_acked;
+        assert!(shut_at.is_some_and(|n| n > 0), "{shut_at:?}");
         let until = tokio::time::Instant::now() + silence * 2;
         while tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let p = AckProgress::of(sender.as_fd()).unwrap();
             assert!(!p.path_is_dead(silence), "{p:?}");
+            // Alive, but nothing moves while the window is shut.
+            assert_eq!(p.bytes_acked, shut_at);
         }
-        // The connection still works: the reader drains a byte.
-        let mut one = [0u8; 1];
-        idle_reader.read_exact(&mut one).await.unwrap();
-        assert_eq!(one[0], 7);
+        // Reading opens the window: what was waiting gets acknowledged.
+        let mut drained = vec![0u8; 256 << 10];
+        idle_reader.read_exact(&mut drained).await.unwrap();
+        assert!(drained.iter().all(|b| *b == 7));
+        let moved = async {
+            while AckProgress::of(sender.as_fd()).unwrap().bytes_acked <= shut_at {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), moved)
+            .await
+            .expect("bytes_acked moves once the reader reads");
     }
 }

@@ -34,7 +34,16 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(dir: &std::path::Path) -> TestGateway {
+        Self::start_with(dir, |_| {}).await
+    }
+
+    /// With settings changed by `configure` before the gateway starts.
+    pub async fn start_with(
+        dir: &std::path::Path,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestGateway {
         let mut cfg = Config::default();
+        configure(&mut cfg);
         cfg.server.data_dir = dir.to_path_buf();
         cfg.server.insecure_http = true;
         cfg.server.listen = "127.0.0.1:0".parse().unwrap();
