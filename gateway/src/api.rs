@@ -572,6 +572,7 @@ async fn start_session(
         &target,
         &principal.principal,
         state.config.limits.relay_queue(),
+        &state.hub.relay_memory,
         &state.sessions_cancel,
     ));
     state.hub.insert_relay(relay.clone());

@@ -160,6 +160,10 @@ pub struct LimitsConfig {
     pub token_ttl_secs: u64,
     /// Largest HTTP request body, bytes. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// Bytes of frames all sessions' relay queues may hold together; past
+    /// it, sessions with frames to queue wait (their senders' sockets are
+    /// not read) until written frames free room. Default 1 GiB.
+    pub relay_memory_bytes: usize,
     /// A websocket write that waits this long with nothing acknowledged by
     /// the peer's TCP ends that socket (a dead path or a stopped peer); a
     /// slow link that keeps acknowledging may take as long as it needs.
@@ -196,6 +200,11 @@ impl LimitsConfig {
         )
     }
 
+    /// The gateway-wide relay budget; `validate` checked it fits.
+    pub fn relay_memory(&self) -> u32 {
+        u32::try_from(self.relay_memory_bytes).unwrap_or(u32::MAX)
+    }
+
     pub fn write_stall(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.write_stall_secs)
     }
@@ -209,6 +218,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 2 << 20,
             token_ttl_secs: 600,
             max_body_bytes: 1 << 20,
+            relay_memory_bytes: 1 << 30,
             write_stall_secs: 30,
         }
     }
@@ -289,6 +299,13 @@ impl Config {
         {
             return Err(GatewayError::Config(
                 "limits.relay_buffer_bytes must be between 1 and 4294967295".into(),
+            ));
+        }
+        if self.limits.relay_memory_bytes == 0
+            || u32::try_from(self.limits.relay_memory_bytes).is_err()
+        {
+            return Err(GatewayError::Config(
+                "limits.relay_memory_bytes must be between 1 and 4294967295".into(),
             ));
         }
         if !(1..=3600).contains(&self.limits.write_stall_secs) {
@@ -372,6 +389,12 @@ mod tests {
         assert_eq!(c.limits.relay_queue(), (1024, 32 << 20));
         for bad in [0, 1 << 32] {
             c.limits.relay_buffer_bytes = bad;
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        let mut c = Config::default();
+        assert_eq!(c.limits.relay_memory(), 1 << 30);
+        for bad in [0, 1 << 32] {
+            c.limits.relay_memory_bytes = bad;
             assert!(c.validate().is_err(), "{bad}");
         }
     }

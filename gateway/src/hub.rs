@@ -41,44 +41,106 @@ pub struct AgentHandle {
 }
 
 /// A frame in a relay queue. It holds its share of the queue's byte budget
-/// until dropped, which the socket task does once the frame is written.
+/// and of the gateway's until dropped, which the socket task does once the
+/// frame is written.
 pub struct Queued {
     pub frame: Bytes,
     _budget: OwnedSemaphorePermit,
+    _shared: OwnedSemaphorePermit,
+}
+
+/// Bytes of frames all relays of a gateway may hold together
+/// (`limits.relay_memory_bytes`). Each queue is bounded on its own, but
+/// many sessions whose readers are slow or away would add up to more
+/// memory than the machine has; past this budget senders wait, and the
+/// gateway stops reading their sockets, instead.
+#[derive(Clone)]
+pub struct RelayMemory {
+    permits: Arc<Semaphore>,
+    total: u32,
+    /// Times a sender had to wait for it, for the warnings at 1, 2, 4, ...
+    waits: Arc<AtomicU64>,
+}
+
+impl RelayMemory {
+    pub fn new(total: u32) -> Self {
+        RelayMemory {
+            permits: Arc::new(Semaphore::new(total as usize)),
+            total,
+            waits: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Bytes held in relay queues right now.
+    pub fn in_use(&self) -> usize {
+        (self.total as usize).saturating_sub(self.permits.available_permits())
+    }
+}
+
+impl Default for RelayMemory {
+    fn default() -> Self {
+        RelayMemory::new(crate::config::LimitsConfig::default().relay_memory())
+    }
 }
 
 /// The sending end of one direction of a relay: bounded in frames (stock
 /// peers send many small ones) and in bytes (ours send up to a megabyte
-/// each, so a frame bound alone would let one session hold gigabytes).
+/// each, so a frame bound alone would let one session hold gigabytes), and
+/// drawing on the gateway-wide [`RelayMemory`].
 #[derive(Clone)]
 pub struct RelaySender {
     tx: mpsc::Sender<Queued>,
     bytes: Arc<Semaphore>,
     budget: u32,
+    shared: RelayMemory,
 }
 
 /// The other end is gone: the session ended.
 #[derive(Debug)]
 pub struct RelayClosed;
 
-impl RelaySender {
-    fn budget_for(&self, frame: &Bytes) -> u32 {
-        // A frame larger than the whole budget waits for an empty queue.
-        u32::try_from(frame.len()).map_or(self.budget, |n| n.min(self.budget))
-    }
+/// A frame's claim on a budget of `total` bytes: its length, and a frame
+/// larger than the whole budget waits for all of it.
+fn claim(frame: &Bytes, total: u32) -> u32 {
+    u32::try_from(frame.len()).map_or(total, |n| n.min(total))
+}
 
-    /// Waits for room (frames and bytes), then queues `frame`.
+impl RelaySender {
+    /// Waits for room (frames, the queue's bytes, then the gateway's), then
+    /// queues `frame`.
     pub async fn send(&self, frame: Bytes) -> Result<(), RelayClosed> {
         let budget = self
             .bytes
             .clone()
-            .acquire_many_owned(self.budget_for(&frame))
+            .acquire_many_owned(claim(&frame, self.budget))
             .await
             .map_err(|_| RelayClosed)?;
+        let wanted = claim(&frame, self.shared.total);
+        let shared = match self.shared.permits.clone().try_acquire_many_owned(wanted) {
+            Ok(p) => p,
+            Err(_) => {
+                let waits = self.shared.waits.fetch_add(1, Ordering::Relaxed) + 1;
+                if waits.is_power_of_two() {
+                    tracing::warn!(
+                        held = self.shared.in_use(),
+                        limit = self.shared.total,
+                        waits,
+                        "relay memory budget full; sessions wait for slow or absent readers (limits.relay_memory_bytes)"
+                    );
+                }
+                self.shared
+                    .permits
+                    .clone()
+                    .acquire_many_owned(wanted)
+                    .await
+                    .map_err(|_| RelayClosed)?
+            }
+        };
         self.tx
             .send(Queued {
                 frame,
                 _budget: budget,
+                _shared: shared,
             })
             .await
             .map_err(|_| RelayClosed)
@@ -89,7 +151,15 @@ impl RelaySender {
         let Ok(budget) = self
             .bytes
             .clone()
-            .try_acquire_many_owned(self.budget_for(&frame))
+            .try_acquire_many_owned(claim(&frame, self.budget))
+        else {
+            return false;
+        };
+        let Ok(shared) = self
+            .shared
+            .permits
+            .clone()
+            .try_acquire_many_owned(claim(&frame, self.shared.total))
         else {
             return false;
         };
@@ -97,18 +167,25 @@ impl RelaySender {
             .try_send(Queued {
                 frame,
                 _budget: budget,
+                _shared: shared,
             })
             .is_ok()
     }
 }
 
-/// One direction of a relay, bounded at `frames` frames and `bytes` bytes.
-fn relay_queue(frames: usize, bytes: u32) -> (RelaySender, mpsc::Receiver<Queued>) {
+/// One direction of a relay, bounded at `frames` frames and `bytes` bytes,
+/// drawing on `shared`.
+fn relay_queue(
+    frames: usize,
+    bytes: u32,
+    shared: &RelayMemory,
+) -> (RelaySender, mpsc::Receiver<Queued>) {
     let (tx, rx) = mpsc::channel(frames);
     let sender = RelaySender {
         tx,
         bytes: Arc::new(Semaphore::new(bytes as usize)),
         budget: bytes,
+        shared: shared.clone(),
     };
     (sender, rx)
 }
@@ -277,11 +354,20 @@ pub struct Hub {
     agents: Mutex<HashMap<String, AgentHandle>>,
     relays: Mutex<HashMap<String, std::sync::Arc<Relay>>>,
     next_conn: AtomicU64,
+    pub relay_memory: RelayMemory,
 }
 
 impl Hub {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A hub whose relays together hold at most `relay_memory` bytes.
+    pub fn with_relay_memory(relay_memory: u32) -> Self {
+        Hub {
+            relay_memory: RelayMemory::new(relay_memory),
+            ..Self::default()
+        }
     }
 
     /// Issues a token; only its SHA-256 is kept. Returns (token, hash).
@@ -380,17 +466,18 @@ impl Hub {
 }
 
 /// A new relay with both queues bounded at `frames` frames and `bytes`
-/// bytes of frames.
+/// bytes of frames, drawing on the gateway's `shared` budget.
 pub fn new_relay(
     session_id: &str,
     target: &str,
     principal: &str,
     (frames, bytes): (usize, u32),
+    shared: &RelayMemory,
     parent: &CancellationToken,
 ) -> Relay {
     let now = now_ms();
-    let (ctx, crx) = relay_queue(frames, bytes);
-    let (atx, arx) = relay_queue(frames, bytes);
+    let (ctx, crx) = relay_queue(frames, bytes, shared);
+    let (atx, arx) = relay_queue(frames, bytes, shared);
     Relay {
         session_id: session_id.to_string(),
         target: target.to_string(),
@@ -427,7 +514,14 @@ mod tests {
     #[tokio::test]
     async fn a_new_socket_takes_a_side_over_and_keeps_its_queue() {
         let root = CancellationToken::new();
-        let relay = new_relay("s-1", "mi-1", "user/a", (4, 1 << 20), &root);
+        let relay = new_relay(
+            "s-1",
+            "mi-1",
+            "user/a",
+            (4, 1 << 20),
+            &RelayMemory::default(),
+            &root,
+        );
         assert!(!relay.is_attached(Side::Client));
         assert!(relay.detached_ms(Side::Client) > 0);
         let first = relay.attach(Side::Client).await.unwrap();
@@ -461,7 +555,7 @@ mod tests {
     /// and a frame larger than the budget still passes an empty queue.
     #[tokio::test]
     async fn relay_queues_are_bounded_in_bytes_and_frames() {
-        let (tx, mut rx) = relay_queue(4, 1000);
+        let (tx, mut rx) = relay_queue(4, 1000, &RelayMemory::default());
         assert!(tx.try_send(Bytes::from(vec![0u8; 600])));
         assert!(
             !tx.try_send(Bytes::from(vec![0u8; 600])),
@@ -495,6 +589,39 @@ mod tests {
         );
         drop(rx);
         assert!(tx.send(Bytes::from_static(b"x")).await.is_err());
+    }
+
+    /// The gateway-wide budget: one session's queued frames leave less for
+    /// another, whose own queue is empty; it waits, and goes on once the
+    /// first session's frames are written.
+    #[tokio::test]
+    async fn relays_share_the_gateway_memory_budget() {
+        let shared = RelayMemory::new(1000);
+        let (slow, mut slow_rx) = relay_queue(4, 800, &shared);
+        let (other, mut other_rx) = relay_queue(4, 800, &shared);
+        assert!(slow.try_send(Bytes::from(vec![0u8; 700])));
+        assert_eq!(shared.in_use(), 700);
+        assert!(
+            !other.try_send(Bytes::from(vec![0u8; 400])),
+            "the gateway budget is spent, though this queue is empty"
+        );
+        let waiting = tokio::spawn({
+            let other = other.clone();
+            async move { other.send(Bytes::from(vec![0u8; 400])).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(slow_rx.recv().await.unwrap());
+        waiting.await.unwrap().unwrap();
+        assert_eq!(shared.in_use(), 400);
+        drop(other_rx.recv().await.unwrap());
+        assert_eq!(shared.in_use(), 0);
+        // Larger than the gateway's whole budget: takes all of it.
+        other.send(Bytes::from(vec![0u8; 5000])).await.unwrap();
+        assert_eq!(shared.in_use(), 1000);
+        assert!(!slow.try_send(Bytes::from_static(b"x")));
+        drop(other_rx.recv().await.unwrap());
+        assert!(slow.try_send(Bytes::from_static(b"x")));
     }
 
     #[test]

@@ -239,6 +239,7 @@ pub async fn restore_sessions(state: &AppState) {
             &s.target,
             &principal,
             state.config.limits.relay_queue(),
+            &state.hub.relay_memory,
             &state.sessions_cancel,
         );
         // Maximum duration counts from the real start, not the restart.

@@ -154,11 +154,12 @@ impl Gateway {
 
         let recordings = crate::recordings::Recordings::new(&config.recordings, &dir)
             .map_err(GatewayError::Config)?;
+        let hub = Hub::with_relay_memory(config.limits.relay_memory());
         let state = Arc::new(AppState {
             recordings,
             config,
             store,
-            hub: Hub::new(),
+            hub,
             kms,
             documents,
             sessions_cancel: CancellationToken::new(),

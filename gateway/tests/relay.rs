@@ -339,46 +339,8 @@ async fn no_unmasked_frames_over_plain_http() {
 async fn a_slow_client_that_keeps_acknowledging_is_not_dropped() {
     let dir = TempDir::new();
     let gw = TestGateway::start_with(&dir.0, |c| c.limits.write_stall_secs = 1).await;
-    let (id, agent) = register_agent(&gw).await;
-    let (_, _, body) = gw
-        .signed_post(
-            &format!("/v1/control-channel/{id}"),
-            "ssmmessages",
-            br#"{"MessageSchemaVersion":"1.0","RequestId":"r1"}"#,
-            &agent,
-        )
-        .await;
-    let mut control = ws_connect(
-        gw.addr,
-        &format!("/v1/control-channel/{id}?role=subscribe&stream=input"),
-    )
-    .await;
-    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r2", "TokenValue": token_of(&body), "AgentVersion": "0.1.0", "PlatformType": "linux"});
-    control
-        .send(Message::Text(open.to_string().into()))
-        .await
-        .unwrap();
-    let (_, start) = gw.ssm("StartSession", json!({"Target": id})).await;
-    let sid = start["SessionId"].as_str().unwrap().to_string();
-    let _ = next_binary(&mut control).await; // interactive_shell
-    let (_, _, body) = gw
-        .signed_post(
-            &format!("/v1/data-channel/{sid}"),
-            "ssmmessages",
-            br#"{"MessageSchemaVersion":"1.0","RequestId":"r3","ClientId":""}"#,
-            &agent,
-        )
-        .await;
-    let mut adata = ws_connect(
-        gw.addr,
-        &format!("/v1/data-channel/{sid}?role=publish_subscribe"),
-    )
-    .await;
-    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r4", "TokenValue": token_of(&body), "ClientInstanceId": id, "ClientId": ""});
-    adata
-        .send(Message::Text(open.to_string().into()))
-        .await
-        .unwrap();
+    let mut agent = ConnectedAgent::open(&gw).await;
+    let (sid, start, mut adata) = agent.session(&gw).await;
 
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(32 << 10).unwrap();
@@ -392,23 +354,10 @@ async fn a_slow_client_that_keeps_acknowledging_is_not_dropped() {
     )
     .await
     .unwrap();
-    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r5", "TokenValue": start["TokenValue"], "ClientId": "c"});
-    client
-        .send(Message::Text(open.to_string().into()))
-        .await
-        .unwrap();
+    client_open(&mut client, &start).await;
 
     const FRAMES: i64 = 6;
-    let sent: Vec<Bytes> = (0..FRAMES)
-        .map(|seq| {
-            frame(
-                MessageType::OutputStreamData,
-                PayloadType::Output,
-                seq,
-                &vec![seq as u8; 1 << 20],
-            )
-        })
-        .collect();
+    let sent: Vec<Bytes> = (0..FRAMES).map(|seq| output_frame(seq, 1 << 20)).collect();
     let agent_sends = {
         let sent = sent.clone();
         tokio::spawn(async move {
@@ -430,6 +379,167 @@ async fn a_slow_client_that_keeps_acknowledging_is_not_dropped() {
     let _adata = agent_sends.await.unwrap();
     let (_, v) = gw.ssm("DescribeSessions", json!({"State": "Active"})).await;
     assert_eq!(v["Sessions"][0]["Status"], "Connected", "{v}");
+    gw.stop().await;
+}
+
+/// A registered agent with its control channel open.
+struct ConnectedAgent {
+    id: String,
+    creds: airlock_sigv4::Credentials,
+    control: Ws,
+}
+
+impl ConnectedAgent {
+    async fn open(gw: &TestGateway) -> ConnectedAgent {
+        let (id, creds) = register_agent(gw).await;
+        let (_, _, body) = gw
+            .signed_post(
+                &format!("/v1/control-channel/{id}"),
+                "ssmmessages",
+                br#"{"MessageSchemaVersion":"1.0","RequestId":"r1"}"#,
+                &creds,
+            )
+            .await;
+        let mut control = ws_connect(
+            gw.addr,
+            &format!("/v1/control-channel/{id}?role=subscribe&stream=input"),
+        )
+        .await;
+        let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r2", "TokenValue": token_of(&body), "AgentVersion": "0.1.0", "PlatformType": "linux"});
+        control
+            .send(Message::Text(open.to_string().into()))
+            .await
+            .unwrap();
+        ConnectedAgent { id, creds, control }
+    }
+
+    /// StartSession on this agent, and the agent's data channel for it:
+    /// (session id, StartSession's answer, the agent's socket).
+    async fn session(&mut self, gw: &TestGateway) -> (String, serde_json::Value, Ws) {
+        let (_, start) = gw.ssm("StartSession", json!({"Target": self.id})).await;
+        let sid = start["SessionId"].as_str().unwrap().to_string();
+        let _ = next_binary(&mut self.control).await; // interactive_shell
+        let (_, _, body) = gw
+            .signed_post(
+                &format!("/v1/data-channel/{sid}"),
+                "ssmmessages",
+                br#"{"MessageSchemaVersion":"1.0","RequestId":"r3","ClientId":""}"#,
+                &self.creds,
+            )
+            .await;
+        let mut adata = ws_connect(
+            gw.addr,
+            &format!("/v1/data-channel/{sid}?role=publish_subscribe"),
+        )
+        .await;
+        let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r4", "TokenValue": token_of(&body), "ClientInstanceId": self.id, "ClientId": ""});
+        adata
+            .send(Message::Text(open.to_string().into()))
+            .await
+            .unwrap();
+        (sid, start, adata)
+    }
+}
+
+/// Sends a client's open message with StartSession's token.
+async fn client_open<S>(
+    client: &mut tokio_tungstenite::WebSocketStream<S>,
+    start: &serde_json::Value,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r5", "TokenValue": start["TokenValue"], "ClientId": "c"});
+    client
+        .send(Message::Text(open.to_string().into()))
+        .await
+        .unwrap();
+}
+
+fn output_frame(seq: i64, len: usize) -> Bytes {
+    frame(
+        MessageType::OutputStreamData,
+        PayloadType::Output,
+        seq,
+        &vec![seq as u8; len],
+    )
+}
+
+/// The gateway-wide relay budget, end to end. Session A's client has not
+/// attached; its agent pushes 1 MiB frames until the gateway stops reading
+/// them. With a 4 MiB budget that happens after the budget plus the two
+/// kernel buffers (its own queue would take 32 MiB). Session B's frame then
+/// waits too, though B's client is there to read it; once A's client reads,
+/// everything flows, in order, nothing lost.
+#[tokio::test]
+async fn sessions_share_the_relay_memory_budget() {
+    let dir = TempDir::new();
+    let gw = TestGateway::start_with(&dir.0, |c| c.limits.relay_memory_bytes = 4 << 20).await;
+    let mut agent = ConnectedAgent::open(&gw).await;
+    let (sid_a, start_a, adata_a) = agent.session(&gw).await;
+    let (sid_b, start_b, mut adata_b) = agent.session(&gw).await;
+
+    const A_FRAMES: i64 = 40;
+    let pushed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pushing = tokio::spawn({
+        let pushed = pushed.clone();
+        let mut adata_a = adata_a;
+        async move {
+            for seq in 0..A_FRAMES {
+                adata_a
+                    .send(Message::Binary(output_frame(seq, 1 << 20)))
+                    .await
+                    .unwrap();
+                pushed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            adata_a
+        }
+    });
+    // Stalled: no frame pushed for a whole second (absence can only be
+    // waited out).
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = pushed.load(std::sync::atomic::Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(
+        last < 24,
+        "{last} MiB went in before the gateway stopped reading: the 4 MiB budget did not hold"
+    );
+
+    let mut client_b = ws_connect(
+        gw.addr,
+        &format!("/v1/data-channel/{sid_b}?role=publish_subscribe"),
+    )
+    .await;
+    client_open(&mut client_b, &start_b).await;
+    let b_frame = output_frame(0, 1000);
+    adata_b
+        .send(Message::Binary(b_frame.clone()))
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(500), client_b.next()).await;
+    assert!(
+        early.is_err(),
+        "a frame got past a spent relay budget: {early:?}"
+    );
+
+    let mut client_a = ws_connect(
+        gw.addr,
+        &format!("/v1/data-channel/{sid_a}?role=publish_subscribe"),
+    )
+    .await;
+    client_open(&mut client_a, &start_a).await;
+    for seq in 0..A_FRAMES {
+        let f = Frame::decode(next_binary(&mut client_a).await, 2 << 20).unwrap();
+        assert_eq!(f.sequence_number, seq);
+        assert!(f.payload.len() == 1 << 20 && f.payload.iter().all(|b| *b == seq as u8));
+    }
+    let _adata_a = pushing.await.unwrap();
+    assert_eq!(next_binary(&mut client_b).await, b_frame);
     gw.stop().await;
 }
 
