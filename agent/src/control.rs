@@ -215,7 +215,10 @@ impl Control {
             }
         };
         let is_port = task.document_content.session_type == "Port";
-        if !is_port && task.document_content.session_type != "Standard_Stream" {
+        if !is_port
+            && !crate::session::SHELL_SESSION_TYPES
+                .contains(&task.document_content.session_type.as_str())
+        {
             warn!(parent: &span, session_type = %task.document_content.session_type, "unsupported session type");
             report("Failed");
             return;

@@ -33,8 +33,10 @@ pub struct ShellSpec {
 }
 
 pub struct Pty {
-    master: Box<dyn MasterPty + Send>,
-    killer: Box<dyn ChildKiller + Send + Sync>,
+    /// None for a command run on pipes ([`Pty::spawn_piped`]): no terminal
+    /// to resize.
+    master: Option<Box<dyn MasterPty + Send>>,
+    killer: Killer,
     /// Shell output, UTF-8 boundaries respected where possible, never empty.
     pub output: mpsc::Receiver<Bytes>,
     input: mpsc::Sender<Bytes>,
@@ -43,13 +45,39 @@ pub struct Pty {
     exited: Arc<AtomicBool>,
 }
 
-impl Drop for Pty {
-    fn drop(&mut self) {
-        if !self.exited.load(Ordering::SeqCst) {
-            let _ = self.killer.kill();
+/// How the child is ended early.
+enum Killer {
+    Pty(Box<dyn ChildKiller + Send + Sync>),
+    /// Tells the task that owns the child (and reaps it) to kill it, so a
+    /// recycled pid is never signalled.
+    Piped(Option<oneshot::Sender<()>>),
+}
+
+impl Killer {
+    fn kill(&mut self) {
+        match self {
+            Killer::Pty(k) => {
+                let _ = k.kill();
+            }
+            Killer::Piped(tx) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
         }
     }
 }
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        if !self.exited.load(Ordering::SeqCst) {
+            self.killer.kill();
+        }
+    }
+}
+
+/// Largest chunk read from a piped command's stdout or stderr at once.
+const PIPE_CHUNK: usize = 64 * 1024;
 
 impl Pty {
     pub fn spawn(spec: &ShellSpec) -> Result<Pty> {
@@ -137,8 +165,87 @@ impl Pty {
             })?;
 
         Ok(Pty {
-            master,
-            killer,
+            master: Some(master),
+            killer: Killer::Pty(killer),
+            output: out_rx,
+            input: in_tx,
+            exit: Some(exit_rx),
+            exited,
+        })
+    }
+
+    /// Runs `spec` without a terminal, as a NonInteractiveCommands session
+    /// needs: output passes byte for byte (no echo, no `\n` to `\r\n`),
+    /// stdout and stderr merged as with AWS's document. Stdin is empty (the
+    /// protocol has no way to end it, so a command reading it would wait
+    /// forever); what the client types is dropped. Must be called inside
+    /// the tokio runtime.
+    pub fn spawn_piped(spec: &ShellSpec) -> Result<Pty> {
+        use tokio::io::AsyncReadExt;
+        let mut cmd = tokio::process::Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(cwd) = spec
+            .cwd
+            .as_deref()
+            .filter(|c| std::path::Path::new(c).is_dir())
+        {
+            cmd.current_dir(cwd);
+        }
+        let mut child = cmd.spawn().context("spawn command")?;
+        let (out_tx, out_rx) = mpsc::channel::<Bytes>(OUTPUT_QUEUE);
+        let streams: [Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>; 2] = [
+            child.stdout.take().map(|s| Box::new(s) as _),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ];
+        for mut stream in streams.into_iter().flatten() {
+            let out_tx = out_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; PIPE_CHUNK];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or(&[]));
+                            if out_tx.send(chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        drop(out_tx);
+        let (in_tx, _) = mpsc::channel::<Bytes>(1);
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let (kill_tx, kill_rx) = oneshot::channel::<()>();
+        let exited = Arc::new(AtomicBool::new(false));
+        let exited_flag = exited.clone();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                _ = kill_rx => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            exited_flag.store(true, Ordering::SeqCst);
+            let code = match status {
+                Ok(s) => s.code().unwrap_or_else(|| {
+                    use std::os::unix::process::ExitStatusExt;
+                    128 + s.signal().unwrap_or(0)
+                }),
+                Err(_) => 1,
+            };
+            let _ = exit_tx.send(code);
+        });
+        Ok(Pty {
+            master: None,
+            killer: Killer::Piped(Some(kill_tx)),
             output: out_rx,
             input: in_tx,
             exit: Some(exit_rx),
@@ -154,10 +261,10 @@ impl Pty {
     }
 
     pub fn resize(&self, cols: u16, rows: u16) {
-        if cols == 0 || rows == 0 {
+        let Some(master) = self.master.as_ref().filter(|_| cols > 0 && rows > 0) else {
             return;
-        }
-        let _ = self.master.resize(PtySize {
+        };
+        let _ = master.resize(PtySize {
             rows,
             cols,
             pixel_width: 0,
@@ -167,7 +274,7 @@ impl Pty {
 
     pub fn kill(&mut self) {
         if !self.exited.load(Ordering::SeqCst) {
-            let _ = self.killer.kill();
+            self.killer.kill();
         }
     }
 

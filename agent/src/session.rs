@@ -162,7 +162,7 @@ pub async fn run(
         requested_client_actions: vec![
             RequestedClientAction {
                 action_type: ACTION_SESSION_TYPE.into(),
-                action_parameters: serde_json::json!({"SessionType": "Standard_Stream", "Properties": null}),
+                action_parameters: serde_json::json!({"SessionType": task.document_content.session_type, "Properties": null}),
             },
             RequestedClientAction {
                 action_type: ACTION_AIRLOCK_CAPABILITIES.into(),
@@ -303,8 +303,11 @@ pub async fn run(
         anyhow::bail!("{}", crate::recorder::REFUSED_UNRECORDED);
     }
     let doomed = crate::recorder::doomed(&rec);
-    let spec = shell_spec(&agent, &task)?;
-    let mut pty = Pty::spawn(&spec)?;
+    let mut pty = match task.document_content.session_type.as_str() {
+        "InteractiveCommands" => Pty::spawn(&command_spec(&agent, &task)?)?,
+        "NonInteractiveCommands" => Pty::spawn_piped(&command_spec(&agent, &task)?)?,
+        _ => Pty::spawn(&shell_spec(&agent, &task)?)?,
+    };
     if let Some(size) = early_size {
         pty.resize(clamp_dim(size.cols), clamp_dim(size.rows));
     }
@@ -499,6 +502,62 @@ fn find_runuser() -> Option<&'static str> {
     ]
     .into_iter()
     .find(|p| std::path::Path::new(p).exists())
+}
+
+/// Session types this module runs: a login shell, or one command in a
+/// terminal (InteractiveCommands) or on pipes (NonInteractiveCommands).
+pub const SHELL_SESSION_TYPES: &[&str] = &[
+    "Standard_Stream",
+    "InteractiveCommands",
+    "NonInteractiveCommands",
+];
+
+/// The command a command document carries for this platform
+/// (`properties.linux.commands`: a string, or lines to run in turn).
+fn document_command(task: &StartSessionTask) -> Option<String> {
+    let commands = task
+        .document_content
+        .properties
+        .get("linux")?
+        .get("commands")?;
+    let command = match commands {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(lines) => lines
+            .iter()
+            .filter_map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => return None,
+    };
+    Some(command).filter(|c| !c.trim().is_empty())
+}
+
+/// The document's command run by the user's shell (`SHELL -c COMMAND`), as
+/// the same user a shell session would get.
+pub fn command_spec(agent: &Agent, task: &StartSessionTask) -> Result<ShellSpec> {
+    let command = document_command(task).context("the document names no command for linux")?;
+    let mut spec = shell_spec(agent, task)?;
+    let shell = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "SHELL")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "/bin/sh".into());
+    // The login shell's `-l` becomes `-c COMMAND`; su takes the user last.
+    if spec.program == "su" {
+        spec.args = vec![
+            "-s".into(),
+            shell,
+            "-c".into(),
+            command,
+            spec.args.pop().unwrap_or_default(),
+        ];
+    } else {
+        spec.args.pop();
+        spec.args.push("-c".into());
+        spec.args.push(command);
+    }
+    Ok(spec)
 }
 
 /// Which user, which shell, which argv.

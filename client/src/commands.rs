@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::error::ClientError;
 use crate::params::Parameters;
 use crate::plugin::SessionInfo;
-use crate::session::{ExitPolicy, SessionRunner};
+use crate::session::{ExitPolicy, Probed, SessionRunner};
 
 pub const DEFAULT_REGION: &str = "us-east-1";
 
@@ -63,12 +63,33 @@ pub fn start_request_body(args: &StartArgs) -> serde_json::Value {
     body
 }
 
-pub async fn start_session(opts: &ConnOpts, args: &StartArgs) -> Result<i32, ClientError> {
+/// StartSession, then a shell (or command) session, or a port session when
+/// the document is a custom one whose handshake asks for it (`port_opts`).
+pub async fn start_session(
+    opts: &ConnOpts,
+    args: &StartArgs,
+    port_opts: crate::port::PortOptions,
+) -> Result<i32, ClientError> {
     let tls = tls_config()?;
     let api = api_client(opts, tls.clone())?;
     let resp = api.ssm("StartSession", &start_request_body(args)).await?;
     let info: SessionInfo = serde_json::from_value(resp)
         .map_err(|e| ClientError::BadResponse(format!("StartSession: {e}")))?;
+    let opened = if crate::session::is_shell_document(args.document_name.as_deref()) {
+        None
+    } else {
+        match crate::session::probe(&info, &tls).await? {
+            Probed::Port(dc, request) => {
+                let kms = crate::crypto::KmsEnv {
+                    api: Some(api),
+                    session_id: info.session_id.clone(),
+                    target: Some(args.target.clone()),
+                };
+                return crate::port::run_on(dc, Some(request), info, tls, port_opts, kms).await;
+            }
+            Probed::Shell(dc, first) => Some((dc, first)),
+        }
+    };
     SessionRunner {
         info,
         tls,
@@ -76,7 +97,7 @@ pub async fn start_session(opts: &ConnOpts, args: &StartArgs) -> Result<i32, Cli
         exit_policy: ExitPolicy::RemoteStatus,
         target: Some(args.target.clone()),
     }
-    .run()
+    .run_on(opened)
     .await
 }
 

@@ -103,18 +103,18 @@ pub fn main_entry() -> i32 {
                 parameters,
                 reason,
             };
+            let popts = port::PortOptions {
+                bind,
+                stdio: false,
+                unix: None,
+                label: String::new(),
+            };
             if port::is_port_document(args.document_name.as_deref()) {
-                let popts = port::PortOptions {
-                    bind,
-                    stdio: false,
-                    unix: None,
-                    label: String::new(),
-                };
                 return run_async(async move {
                     commands::start_port_session(&conn_opts(&conn), &args, popts).await
                 });
             }
-            run_async(async move { commands::start_session(&conn_opts(&conn), &args).await })
+            run_async(async move { commands::start_session(&conn_opts(&conn), &args, popts).await })
         }
         cli::Command::Forward {
             target,
@@ -295,20 +295,37 @@ async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
             }
         }
     };
+    let popts = port::PortOptions {
+        bind: "127.0.0.1".into(),
+        stdio: false,
+        unix: None,
+        label: String::new(),
+    };
+    let kms = crate::crypto::KmsEnv {
+        api: api.clone(),
+        session_id: start.session.session_id.clone(),
+        target: start.target.clone(),
+    };
     if port::is_port_document(start.document_name.as_deref()) {
-        let popts = port::PortOptions {
-            bind: "127.0.0.1".into(),
-            stdio: false,
-            unix: None,
-            label: String::new(),
-        };
-        let kms = crate::crypto::KmsEnv {
-            api,
-            session_id: start.session.session_id.clone(),
-            target: start.target.clone(),
-        };
         return port::run(start.session, tls, popts, kms).await;
     }
+    // A custom document: the agent's handshake says whether it is a port
+    // session, as the stock plugin reads it.
+    let opened = if session::is_shell_document(start.document_name.as_deref()) {
+        None
+    } else {
+        match session::probe(&start.session, &tls).await {
+            Ok(session::Probed::Port(dc, request)) => {
+                return port::run_on(dc, Some(request), start.session, tls, popts, kms).await
+            }
+            Ok(session::Probed::Shell(dc, first)) => Some((dc, first)),
+            Err(e) => {
+                return Err(ClientError::Transport(format!(
+                    "Cannot perform start session: {e}"
+                )))
+            }
+        }
+    };
     SessionRunner {
         info: start.session,
         tls,
@@ -316,7 +333,7 @@ async fn plugin_session(start: PluginStart) -> Result<i32, ClientError> {
         exit_policy: ExitPolicy::AlwaysZero,
         target: start.target.clone(),
     }
-    .run()
+    .run_on(opened)
     .await
     .map_err(|e| match e {
         ClientError::Transport(m) => {

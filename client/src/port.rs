@@ -357,17 +357,25 @@ fn offers_no_digest(req: &HandshakeRequest) -> bool {
         .any(|c| c.features.iter().any(|f| f == FEATURE_NO_PAYLOAD_DIGEST))
 }
 
-/// Waits for the agent's HandshakeRequest, answers it and returns the mode.
+/// Waits for the agent's HandshakeRequest (unless `first` already is it),
+/// answers it and returns the mode.
 async fn handshake(
     dc: &mut DataChannel,
     force_stdio: bool,
     kms: &KmsEnv,
+    mut first: Option<Bytes>,
 ) -> Result<Negotiated, ClientError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let ev = tokio::time::timeout_at(deadline, dc.recv())
-            .await
-            .map_err(|_| ClientError::Transport("no handshake from the agent".into()))?;
+        let ev = match first.take() {
+            Some(payload) => Some(ChannelEvent::Proto(Event::Data {
+                payload_type: PayloadType::HandshakeRequest,
+                payload,
+            })),
+            None => tokio::time::timeout_at(deadline, dc.recv())
+                .await
+                .map_err(|_| ClientError::Transport("no handshake from the agent".into()))?,
+        };
         match ev {
             None => return Err(ClientError::Transport("data channel stopped".into())),
             Some(ChannelEvent::Proto(Event::Data {
@@ -505,12 +513,26 @@ pub async fn run(
     let ws = ws::connect(&info.stream_url, tls.clone())
         .await
         .map_err(|e| ClientError::Transport(e.to_string()))?;
-    let mut dc = DataChannel::spawn(
+    let dc = DataChannel::spawn(
         ws,
         open_message(&info.token_value),
         Role::Client,
         Config::default(),
     );
+    run_on(dc, None, info, tls, opts, kms).await
+}
+
+/// [`run`] on a data channel already open, whose HandshakeRequest payload
+/// may already have been read (a document that named no known type, see
+/// `session::probe`).
+pub async fn run_on(
+    mut dc: DataChannel,
+    handshake_request: Option<Bytes>,
+    info: SessionInfo,
+    tls: Arc<rustls::ClientConfig>,
+    opts: PortOptions,
+    kms: KmsEnv,
+) -> Result<i32, ClientError> {
     if let Some(api) = kms.api.clone() {
         dc.set_redial(
             info.resume_window(),
@@ -529,7 +551,7 @@ pub async fn run(
             }
         });
     }
-    let neg = handshake(&mut dc, opts.stdio, &kms).await?;
+    let neg = handshake(&mut dc, opts.stdio, &kms, handshake_request).await?;
     tracing::debug!(mode = ?neg.mode, chunk = neg.chunk, "port session");
     let (out_tx, out_rx) = mpsc::channel(airlock_transport::batch::out_queue_frames(neg.chunk));
     let pump = spawn_sender(dc.sender(), out_rx, neg.crypto.clone());

@@ -191,24 +191,99 @@ impl Resumer<'_> {
     }
 }
 
-impl SessionRunner {
-    async fn connect_with_retry(&self) -> Result<ws::WsStream, ClientError> {
-        let mut last = String::new();
-        for attempt in 0..=MAX_RETRIES {
-            if attempt > 0 {
-                tokio::time::sleep(backoff(attempt - 1)).await;
-            }
-            match ws::connect(&self.info.stream_url, self.tls.clone()).await {
-                Ok(ws) => return Ok(ws),
-                Err(e) => {
-                    tracing::debug!("connect attempt {attempt} failed: {e}");
-                    last = e.to_string();
-                }
+async fn connect_with_retry(
+    info: &SessionInfo,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<ws::WsStream, ClientError> {
+    let mut last = String::new();
+    for attempt in 0..=MAX_RETRIES {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt - 1)).await;
+        }
+        match ws::connect(&info.stream_url, tls.clone()).await {
+            Ok(ws) => return Ok(ws),
+            Err(e) => {
+                tracing::debug!("connect attempt {attempt} failed: {e}");
+                last = e.to_string();
             }
         }
-        Err(ClientError::Transport(last))
     }
+    Err(ClientError::Transport(last))
+}
 
+/// Documents that run a shell or a command; the AWS port documents are
+/// `port::PORT_DOCUMENTS`. Any other name is a custom document, whose kind
+/// the agent's handshake tells ([`probe`]).
+const SHELL_DOCUMENTS: &[&str] = &[
+    "SSM-SessionManagerRunShell",
+    "AWS-StartInteractiveCommand",
+    "AWS-StartNonInteractiveCommand",
+];
+
+/// True for no document (the default shell) and the built-in shell and
+/// command documents.
+pub fn is_shell_document(name: Option<&str>) -> bool {
+    name.is_none_or(|n| SHELL_DOCUMENTS.contains(&n))
+}
+
+/// A data channel opened before its session's kind was known.
+pub enum Probed {
+    /// The agent asked for a port session; the HandshakeRequest's payload.
+    Port(DataChannel, Bytes),
+    /// Anything else, with the first event the channel gave.
+    Shell(DataChannel, ChannelEvent),
+}
+
+/// Opens the data channel of a session whose document is not one this
+/// client knows (a custom Session document) and lets the agent's handshake
+/// say what kind it is, as the stock plugin does: its SessionType action
+/// names `Port` for port documents. An agent that sends no handshake runs
+/// a shell.
+pub async fn probe(
+    info: &SessionInfo,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Probed, ClientError> {
+    let ws = connect_with_retry(info, tls).await?;
+    let mut dc = DataChannel::spawn(
+        ws,
+        open_message(&info.token_value),
+        Role::Client,
+        Config::default(),
+    );
+    let first = tokio::time::timeout(HANDSHAKE_WAIT, dc.recv())
+        .await
+        .map_err(|_| ClientError::Transport("the agent sent nothing on the data channel".into()))?
+        .ok_or_else(|| ClientError::Transport("data channel stopped".into()))?;
+    if let ChannelEvent::Proto(Event::Data {
+        payload_type: PayloadType::HandshakeRequest,
+        payload,
+    }) = &first
+    {
+        let port = serde_json::from_slice::<HandshakeRequest>(payload).is_ok_and(|req| {
+            crate::handshake::respond(&req).session_type.as_deref() == Some("Port")
+        });
+        if port {
+            return Ok(Probed::Port(dc, payload.clone()));
+        }
+    }
+    Ok(Probed::Shell(dc, first))
+}
+
+/// How long [`probe`] waits for the agent's first message.
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(30);
+
+/// The next event: `first` if it is still there, then the channel's.
+async fn next_event(
+    first: &mut Option<ChannelEvent>,
+    dc: &mut DataChannel,
+) -> Option<ChannelEvent> {
+    match first.take() {
+        Some(ev) => Some(ev),
+        None => dc.recv().await,
+    }
+}
+
+impl SessionRunner {
     fn resumer(&self) -> Resumer<'_> {
         Resumer {
             info: &self.info,
@@ -219,16 +294,31 @@ impl SessionRunner {
 
     /// Runs the session to its end and returns the process exit status.
     pub async fn run(self) -> Result<i32, ClientError> {
+        self.run_on(None).await
+    }
+
+    /// [`run`](Self::run) on a data channel [`probe`] opened, handling the
+    /// event it already read first.
+    pub async fn run_on(
+        self,
+        opened: Option<(DataChannel, ChannelEvent)>,
+    ) -> Result<i32, ClientError> {
         let id = self.info.session_id.clone();
         say(&format!("\nStarting session with SessionId: {id}\n"));
 
-        let ws = self.connect_with_retry().await?;
-        let mut dc = DataChannel::spawn(
-            ws,
-            open_message(&self.info.token_value),
-            Role::Client,
-            Config::default(),
-        );
+        let (mut dc, mut first) = match opened {
+            Some((dc, first)) => (dc, Some(first)),
+            None => {
+                let ws = connect_with_retry(&self.info, &self.tls).await?;
+                let dc = DataChannel::spawn(
+                    ws,
+                    open_message(&self.info.token_value),
+                    Role::Client,
+                    Config::default(),
+                );
+                (dc, None)
+            }
+        };
 
         let interactive = terminal::stdin_is_tty();
         let guard = if interactive {
@@ -316,7 +406,7 @@ impl SessionRunner {
                         send_or_log(&dc, PayloadType::Size, size_payload(size.0, size.1)).await;
                     }
                 },
-                ev = dc.recv() => match ev {
+                ev = next_event(&mut first, &mut dc) => match ev {
                     None => break Err(ClientError::Transport("data channel stopped unexpectedly".into())),
                     Some(ChannelEvent::Proto(Event::Data { payload_type, mut payload })) => {
                         if let Some(c) = &rx_crypto {

@@ -14,6 +14,15 @@ pub const SHELL: &str = "SSM-SessionManagerRunShell";
 pub const PORT_FORWARDING: &str = "AWS-StartPortForwardingSession";
 pub const PORT_FORWARDING_REMOTE: &str = "AWS-StartPortForwardingSessionToRemoteHost";
 pub const SSH: &str = "AWS-StartSSHSession";
+pub const INTERACTIVE_COMMAND: &str = "AWS-StartInteractiveCommand";
+pub const NON_INTERACTIVE_COMMAND: &str = "AWS-StartNonInteractiveCommand";
+
+/// The command documents' properties, per platform as in AWS's.
+const COMMAND_PROPERTIES: &[(&str, &str)] = &[
+    ("linux", "{{ command }}"),
+    ("macos", "{{ command }}"),
+    ("windows", "{{ command }}"),
+];
 
 /// One parameter: name and default (None = required).
 struct Param {
@@ -94,6 +103,26 @@ const BUILTINS: &[Builtin] = &[
         }],
         properties: &[("portNumber", "{{ portNumber }}")],
     },
+    Builtin {
+        name: INTERACTIVE_COMMAND,
+        description: "Document to run single interactive command on an instance",
+        session_type: "InteractiveCommands",
+        params: &[Param {
+            name: "command",
+            default: None,
+        }],
+        properties: COMMAND_PROPERTIES,
+    },
+    Builtin {
+        name: NON_INTERACTIVE_COMMAND,
+        description: "Document to run single non-interactive command on an instance",
+        session_type: "NonInteractiveCommands",
+        params: &[Param {
+            name: "command",
+            default: None,
+        }],
+        properties: COMMAND_PROPERTIES,
+    },
 ];
 
 /// A document resolved against the caller's parameters.
@@ -167,7 +196,13 @@ pub fn builtin(name: &str) -> Option<SessionDocument> {
     let doc = BUILTINS.iter().find(|d| d.name == name)?;
     let mut props = Map::new();
     for (k, t) in doc.properties {
-        props.insert((*k).to_string(), Value::String((*t).to_string()));
+        let value = if doc.session_type.ends_with("Commands") {
+            // {"linux": {"commands": "{{ command }}", "runAsElevated": false}, ...}
+            json!({"commands": t, "runAsElevated": false})
+        } else {
+            Value::String((*t).to_string())
+        };
+        props.insert((*k).to_string(), value);
     }
     let mut param_defs = Map::new();
     for p in doc.params {
@@ -259,6 +294,11 @@ pub fn resolve_with(
         match pname.as_str() {
             "portNumber" => check_port(pname, &v, false)?,
             "localPortNumber" => check_port(pname, &v, true)?,
+            "command" if v.trim().is_empty() || v.contains('\0') => {
+                return Err(invalid(format!(
+                    "Parameter command must be a non-empty command line, got {v:?}."
+                )));
+            }
             "host"
                 if v.is_empty()
                     || v.len() > 255
@@ -1305,6 +1345,30 @@ mod tests {
             json!({"portNumber":"5432","type":"LocalPortForwarding","localPortNumber":"0","host":"db.internal"})
         );
         assert_eq!(r.parameters.get("localPortNumber").unwrap(), "0");
+    }
+
+    #[test]
+    fn command_documents_take_a_required_command() {
+        for (name, kind) in [
+            (INTERACTIVE_COMMAND, "InteractiveCommands"),
+            (NON_INTERACTIVE_COMMAND, "NonInteractiveCommands"),
+        ] {
+            let r = resolve(Some(name), p(json!({"command": ["top -b -n 1"]}))).unwrap();
+            assert_eq!(r.document.session_type, kind);
+            assert_eq!(
+                r.document.properties["linux"],
+                json!({"commands": "top -b -n 1", "runAsElevated": false})
+            );
+            let missing = resolve(Some(name), None).unwrap_err();
+            assert_eq!(missing.code, "InvalidParameters");
+            assert!(
+                missing.message.contains("command is required"),
+                "{}",
+                missing.message
+            );
+            let blank = resolve(Some(name), p(json!({"command": ["  "]}))).unwrap_err();
+            assert_eq!(blank.code, "InvalidParameters");
+        }
     }
 
     #[test]

@@ -126,6 +126,10 @@ class Tunnel:
                     r"(?:Port (\d+)|Unix socket (\S+)) opened for sessionId (\S+)\.")
             except EOFError as e:
                 raise EOFError(f"{e}; stderr: {self.proc.stderr.read()!r}") from None
+            except TimeoutError:
+                # Not ready: no caller holds this process to stop it.
+                stop(self.proc, signal.SIGKILL)
+                raise
             if match.group(1):
                 self.ports.append(int(match.group(1)))
             else:
