@@ -321,11 +321,14 @@ impl SessionRunner {
         };
 
         let interactive = terminal::stdin_is_tty();
-        let guard = if interactive {
+        let mut guard = if interactive {
             Some(terminal::RawGuard::enable()?)
         } else {
             None
         };
+        // Set once the agent says NonInteractiveCommands: the command has no
+        // terminal to pass a Ctrl-C to, so Ctrl-C ends the session here.
+        let mut sigint: Option<tokio::signal::unix::Signal> = None;
         let (cols, rows) = if interactive {
             terminal::current_size()
         } else {
@@ -399,6 +402,18 @@ impl SessionRunner {
 
         let outcome: Result<(i32, Option<String>), ClientError> = loop {
             tokio::select! {
+                _ = recv_signal(&mut sigint) => {
+                    if let Some(api) = &self.api {
+                        if let Err(e) = api.ssm("TerminateSession", &json!({ "SessionId": id })).await {
+                            tracing::warn!("TerminateSession failed: {e}");
+                        }
+                    }
+                    let code = match self.exit_policy {
+                        ExitPolicy::RemoteStatus => EXIT_INTERRUPTED,
+                        ExitPolicy::AlwaysZero => 0,
+                    };
+                    break Ok((code, Some(format!("\n\nSession {id} interrupted.\n\n"))));
+                },
                 _ = recv_signal(&mut winch) => {
                     let size = terminal::current_size();
                     if size != last_size {
@@ -436,6 +451,14 @@ impl SessionRunner {
                                     Ok(req) => {
                                         let mut out = crate::handshake::respond(&req);
                                         tracing::debug!(features = ?out.features, session_type = ?out.session_type, "handshake");
+                                        if out.session_type.as_deref() == Some("NonInteractiveCommands") {
+                                            // Cooked mode again: Ctrl-C is a signal to us, not a
+                                            // byte for a command that reads no input.
+                                            if guard.take().is_some() {
+                                                terminal::restore_terminal();
+                                            }
+                                            sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+                                        }
                                         match crate::crypto::process(&req, &mut out.response, &kms_env, false).await {
                                             KmsOutcome::Ready(c) => pending_crypto = Some(c),
                                             KmsOutcome::Failed(m) => {
@@ -538,6 +561,9 @@ impl SessionRunner {
         }
     }
 }
+
+/// Exit status after Ctrl-C ended a non-interactive command (128 + SIGINT).
+const EXIT_INTERRUPTED: i32 = 130;
 
 /// What the session loop tells the input pump.
 enum PumpCtl {

@@ -134,3 +134,26 @@ def test_command_document_without_a_command_is_refused(gateway, agent):
     )
     assert out.returncode != 0
     assert b"InvalidParameters" in out.stderr and b"command is required" in out.stderr, out
+
+
+def test_ctrl_c_ends_a_non_interactive_command(gateway, agent):
+    """The command reads no input, so Ctrl-C (SIGINT) is the client's: it
+    terminates the session, which stops the command, and exits 130."""
+    proc = subprocess.Popen(
+        [binary("airlock"), "start-session", "--target", agent.instance_id,
+         "--document-name", "AWS-StartNonInteractiveCommand",
+         "--parameters", "command=echo started; sleep 30; echo finished",
+         "--endpoint-url", gateway.url, "--region", REGION],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=gateway.env(),
+    )
+    try:
+        out = LineReader(proc)
+        out.wait_for(r"^started$")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+        assert "finished" not in out.seen
+    finally:
+        stop(proc, signal.SIGKILL)
+    sessions = gateway.client().describe_sessions(State="History")["Sessions"]
+    assert sessions[0]["Status"] == "Terminated", sessions
