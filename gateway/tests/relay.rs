@@ -247,55 +247,28 @@ async fn shell_session_relays_and_terminates() {
 async fn terminate_session_closes_both_sides() {
     let dir = TempDir::new();
     let gw = TestGateway::start(&dir.0).await;
-    let (id, agent) = register_agent(&gw).await;
-    let (_, _, body) = gw
-        .signed_post(
-            &format!("/v1/control-channel/{id}"),
-            "ssmmessages",
-            br#"{"MessageSchemaVersion":"1.0","RequestId":"r1"}"#,
-            &agent,
-        )
-        .await;
-    let mut control = ws_connect(
-        gw.addr,
-        &format!("/v1/control-channel/{id}?role=subscribe&stream=input"),
-    )
-    .await;
-    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r2", "TokenValue": token_of(&body), "AgentVersion": "0.1.0", "PlatformType": "linux"});
-    control
-        .send(Message::Text(open.to_string().into()))
-        .await
-        .unwrap();
-    control
-        .send(Message::Ping(Bytes::from_static(b"x")))
-        .await
-        .unwrap();
-    while !matches!(control.next().await.unwrap().unwrap(), Message::Pong(_)) {}
-    let (_, start) = gw.ssm("StartSession", json!({"Target": id})).await;
+    let mut agent = ConnectedAgent::open(&gw).await;
+    let (_, start) = gw.ssm("StartSession", json!({"Target": agent.id})).await;
     let sid = start["SessionId"].as_str().unwrap().to_string();
-    let _ = next_binary(&mut control).await; // interactive_shell
+    let _ = next_binary(&mut agent.control).await; // interactive_shell
     let mut client = ws_connect(
         gw.addr,
         &format!("/v1/data-channel/{sid}?role=publish_subscribe"),
     )
     .await;
-    let open = json!({"MessageSchemaVersion": "1.0", "RequestId": "r5", "TokenValue": start["TokenValue"], "ClientId": "c"});
-    client
-        .send(Message::Text(open.to_string().into()))
-        .await
-        .unwrap();
+    client_open(&mut client, &start).await;
 
-    // A reused client token is refused.
     let (s, v) = gw.ssm("TerminateSession", json!({"SessionId": sid})).await;
     assert_eq!(s, 200, "{v}");
     let cc = Frame::decode(next_binary(&mut client).await, 1 << 20).unwrap();
     assert_eq!(cc.message_type, MessageType::ChannelClosed);
-    let cc = Frame::decode(next_binary(&mut control).await, 1 << 20).unwrap();
+    let cc = Frame::decode(next_binary(&mut agent.control).await, 1 << 20).unwrap();
     assert_eq!(cc.message_type, MessageType::ChannelClosed);
     let (_, v) = gw
         .ssm("DescribeSessions", json!({"State": "History"}))
         .await;
     assert_eq!(v["Sessions"][0]["Status"], "Terminated");
+    // A terminated session gives no token to resume with.
     let (_, v) = gw.ssm("ResumeSession", json!({"SessionId": sid})).await;
     assert!(v.get("TokenValue").is_none(), "{v}");
     gw.stop().await;
@@ -410,6 +383,13 @@ impl ConnectedAgent {
             .send(Message::Text(open.to_string().into()))
             .await
             .unwrap();
+        // The gateway answers pings in order: a pong proves the open was
+        // processed, so StartSession finds the agent connected.
+        control
+            .send(Message::Ping(Bytes::from_static(b"x")))
+            .await
+            .unwrap();
+        while !matches!(control.next().await.unwrap().unwrap(), Message::Pong(_)) {}
         ConnectedAgent { id, creds, control }
     }
 

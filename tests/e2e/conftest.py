@@ -64,6 +64,17 @@ class LineReader:
                 return match
 
 
+def plugin_env(gateway, workdir):
+    """The gateway's environment with `airlock` first on PATH as
+    `session-manager-plugin`, for the AWS CLI's start-session."""
+    plugin_dir = os.path.join(workdir, "plugin-bin")
+    os.makedirs(plugin_dir, exist_ok=True)
+    link = os.path.join(plugin_dir, "session-manager-plugin")
+    if not os.path.lexists(link):
+        os.symlink(binary("airlock"), link)
+    return gateway.env(PATH=plugin_dir + os.pathsep + os.environ["PATH"])
+
+
 def stop(proc, sig=signal.SIGTERM):
     if proc.poll() is None:
         proc.send_signal(sig)

@@ -8,7 +8,7 @@ import time
 import botocore.exceptions
 import pytest
 
-from conftest import REGION, airlock, binary
+from conftest import REGION, airlock, binary, plugin_env
 
 
 def wait_until(predicate, timeout=30, interval=0.1):
@@ -39,10 +39,7 @@ def test_shell_round_trip_carries_remote_exit_code(gateway, agent):
 
 
 def test_aws_cli_start_session_uses_airlock_as_plugin(gateway, agent, workdir):
-    plugin_dir = os.path.join(workdir, "plugin-bin")
-    os.makedirs(plugin_dir)
-    os.symlink(binary("airlock"), os.path.join(plugin_dir, "session-manager-plugin"))
-    env = gateway.env(PATH=plugin_dir + os.pathsep + os.environ["PATH"])
+    env = plugin_env(gateway, workdir)
     version = subprocess.run(["session-manager-plugin", "--version"], env=env,
                              capture_output=True, text=True, timeout=30)
     assert version.stdout.strip() == "1.2.700.0"

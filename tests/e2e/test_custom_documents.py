@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import REGION, LineReader, binary, stop
+from conftest import REGION, LineReader, binary, plugin_env, stop
 from portutil import DOC_REMOTE, ConfigGateway, EchoServer, Tunnel
 
 
@@ -64,10 +64,7 @@ def test_custom_port_document_with_airlock(gateway, agent, echo):
 
 def test_custom_port_document_through_the_aws_cli(gateway, agent, echo, workdir):
     copy_document(gateway, DOC_REMOTE, "Team-EchoTunnel")
-    plugin_dir = os.path.join(workdir, "plugin-bin")
-    os.makedirs(plugin_dir)
-    os.symlink(binary("airlock"), os.path.join(plugin_dir, "session-manager-plugin"))
-    env = gateway.env(PATH=plugin_dir + os.pathsep + os.environ["PATH"])
+    env = plugin_env(gateway, workdir)
     proc = subprocess.Popen(
         ["aws", "ssm", "start-session", "--target", agent.instance_id,
          "--document-name", "Team-EchoTunnel",

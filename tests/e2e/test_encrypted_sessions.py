@@ -12,7 +12,7 @@ import threading
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import REGION, Agent, Gateway, LineReader, airlock, binary
+from conftest import REGION, Agent, Gateway, LineReader, airlock, binary, plugin_env
 from test_kms import aws_cli, iam, make_user
 
 
@@ -122,10 +122,7 @@ def test_encrypted_shell_round_trip(gateway, agent):
 
 def test_encrypted_shell_through_aws_cli_plugin_mode(gateway, agent, workdir):
     encrypt_sessions(gateway)
-    plugin_dir = os.path.join(workdir, "plugin-bin")
-    os.makedirs(plugin_dir)
-    os.symlink(binary("airlock"), os.path.join(plugin_dir, "session-manager-plugin"))
-    env = gateway.env(PATH=plugin_dir + os.pathsep + os.environ["PATH"])
+    env = plugin_env(gateway, workdir)
     out = subprocess.run(
         [aws_cli(), "ssm", "start-session", "--target", agent.instance_id,
          "--endpoint-url", gateway.url, "--region", REGION],

@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from conftest import REGION, LineReader, binary, stop
+from conftest import REGION, LineReader, binary, plugin_env, stop
 from portutil import DOC_REMOTE, ConfigGateway, Tunnel, free_port
 
 
@@ -114,10 +114,7 @@ def test_pgbench_16_clients(gateway, agent, postgres):
 
 
 def test_aws_cli_remote_host_document_with_airlock_plugin(gateway, agent, postgres, workdir):
-    plugin_dir = os.path.join(workdir, "plugin-bin")
-    os.makedirs(plugin_dir)
-    os.symlink(binary("airlock"), os.path.join(plugin_dir, "session-manager-plugin"))
-    env = gateway.env(PATH=plugin_dir + os.pathsep + os.environ["PATH"])
+    env = plugin_env(gateway, workdir)
     # Its own process group, so Ctrl-C reaches the CLI and the plugin
     # together, as a terminal would deliver it.
     proc = subprocess.Popen(
