@@ -1,6 +1,7 @@
 """Helpers shared by the port-forwarding end-to-end tests: local TCP peers
 (echo, hashing sink), free ports and an `airlock` tunnel process."""
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -10,7 +11,7 @@ import threading
 
 from pathlib import Path
 
-from conftest import REGION, Gateway, LineReader, binary, stop
+from conftest import REGION, Gateway, LineReader, binary, plugin_env, stop
 
 DOC_REMOTE = "AWS-StartPortForwardingSessionToRemoteHost"
 
@@ -168,3 +169,27 @@ class ConfigGateway(Gateway):
         self.url = self.reader.wait_for(r"listening on (\S+)").group(1)
         self.ca_bundle = self.reader.wait_for(r"AWS_CA_BUNDLE=(\S+)").group(1)
         self.credentials_file = self.reader.wait_for(r"admin credentials: (\S+)").group(1)
+
+
+@contextlib.contextmanager
+def aws_cli_port_session(gateway, workdir, target, document, parameters):
+    """`aws ssm start-session` with airlock as its session-manager-plugin:
+    yields the local port once it is open, then ends the session with
+    Ctrl-C and checks the exit status. The CLI runs in its own process
+    group, so Ctrl-C reaches it and the plugin together, as a terminal
+    would deliver it."""
+    proc = subprocess.Popen(
+        ["aws", "ssm", "start-session", "--target", target, "--document-name", document,
+         "--parameters", parameters, "--endpoint-url", gateway.url, "--region", REGION],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=plugin_env(gateway, workdir), start_new_session=True,
+    )
+    try:
+        out = LineReader(proc)
+        yield int(out.wait_for(r"Port (\d+) opened for sessionId").group(1))
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        stop(proc)

@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
-from conftest import REGION, LineReader, binary, plugin_env, stop
-from portutil import DOC_REMOTE, ConfigGateway, EchoServer, Tunnel
+from conftest import REGION, LineReader, binary, stop
+from portutil import DOC_REMOTE, ConfigGateway, EchoServer, Tunnel, aws_cli_port_session
 
 
 @pytest.fixture
@@ -64,26 +64,10 @@ def test_custom_port_document_with_airlock(gateway, agent, echo):
 
 def test_custom_port_document_through_the_aws_cli(gateway, agent, echo, workdir):
     copy_document(gateway, DOC_REMOTE, "Team-EchoTunnel")
-    env = plugin_env(gateway, workdir)
-    proc = subprocess.Popen(
-        ["aws", "ssm", "start-session", "--target", agent.instance_id,
-         "--document-name", "Team-EchoTunnel",
-         "--parameters", f"host=127.0.0.1,portNumber={echo.port},localPortNumber=0",
-         "--endpoint-url", gateway.url, "--region", REGION],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        start_new_session=True,
-    )
-    try:
-        out = LineReader(proc)
-        port = int(out.wait_for(r"Port (\d+) opened for sessionId").group(1))
+    with aws_cli_port_session(gateway, workdir, agent.instance_id, "Team-EchoTunnel",
+                              f"host=127.0.0.1,portNumber={echo.port},localPortNumber=0") as port:
         payload = os.urandom(1 << 20)
         assert echo_round_trip(port, payload) == payload
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        stop(proc)
 
 
 def start_command(gateway, agent, document, command, stdin=b""):

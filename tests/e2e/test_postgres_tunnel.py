@@ -5,14 +5,12 @@ import glob
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 
 import pytest
 
-from conftest import REGION, LineReader, binary, plugin_env, stop
-from portutil import DOC_REMOTE, ConfigGateway, Tunnel, free_port
+from portutil import DOC_REMOTE, ConfigGateway, Tunnel, aws_cli_port_session, free_port
 
 
 def pg_bin(name):
@@ -114,25 +112,7 @@ def test_pgbench_16_clients(gateway, agent, postgres):
 
 
 def test_aws_cli_remote_host_document_with_airlock_plugin(gateway, agent, postgres, workdir):
-    env = plugin_env(gateway, workdir)
-    # Its own process group, so Ctrl-C reaches the CLI and the plugin
-    # together, as a terminal would deliver it.
-    proc = subprocess.Popen(
-        ["aws", "ssm", "start-session", "--target", agent.instance_id,
-         "--document-name", DOC_REMOTE,
-         "--parameters", f"host=127.0.0.1,portNumber={postgres.port},localPortNumber=0",
-         "--endpoint-url", gateway.url, "--region", REGION],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        start_new_session=True,
-    )
-    try:
-        out = LineReader(proc)
-        port = int(out.wait_for(r"Port (\d+) opened for sessionId").group(1))
+    with aws_cli_port_session(gateway, workdir, agent.instance_id, DOC_REMOTE,
+                              f"host=127.0.0.1,portNumber={postgres.port},localPortNumber=0") as port:
         assert psql(port, "select 'via-aws-cli'") == "via-aws-cli"
         assert psql(port, "select count(*) from generate_series(1, 100000)") == "100000"
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        stop(proc)
